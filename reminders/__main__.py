@@ -1,0 +1,3 @@
+from reminders.cli import run_cli
+
+run_cli()

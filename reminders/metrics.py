@@ -1,0 +1,66 @@
+"""Prometheus metrics, in a registry owned by the running service (never the global one)."""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+
+class Metrics:
+    """The service's counters; one instance per process, passed to whoever records."""
+
+    def __init__(self, registry: CollectorRegistry | None = None) -> None:
+        self.registry = registry or CollectorRegistry()
+        r = self.registry
+        self.planned = Counter("reminders_planned", "Reminders planned.", ["protocol"], registry=r)
+        self.sent = Counter(
+            "reminders_sent", "Reminders accepted by a provider.", ["channel"], registry=r
+        )
+        self.failed = Counter(
+            "reminders_failed",
+            "Reminders ended without sending.",
+            ["channel", "reason"],
+            registry=r,
+        )
+        self.expired = Counter(
+            "reminders_expired", "Reminders expired unsent.", ["reason"], registry=r
+        )
+        self.cancelled = Counter(
+            "reminders_cancelled", "Reminders cancelled.", ["reason"], registry=r
+        )
+        self.retried = Counter(
+            "reminders_retried", "Transient failures rescheduled.", ["channel"], registry=r
+        )
+        self.provider_errors = Counter(
+            "reminders_provider_errors",
+            "Provider errors by code.",
+            ["channel", "kind", "code"],
+            registry=r,
+        )
+        self.delivery_status = Counter(
+            "reminders_delivery_status",
+            "Delivery status updates.",
+            ["channel", "status"],
+            registry=r,
+        )
+        self.webhook_rejected = Counter(
+            "reminders_webhook_rejected",
+            "Webhook requests refused.",
+            ["source", "reason"],
+            registry=r,
+        )
+        self.latency = Histogram(
+            "reminders_due_to_accepted_seconds",
+            "From a reminder's due time to the provider's acceptance.",
+            ["channel"],
+            buckets=(1, 5, 10, 30, 60, 300, 900, 3600, 6 * 3600, 24 * 3600),
+            registry=r,
+        )
+        self.due_depth = Gauge(
+            "reminders_due_unsent", "Reminders due and not yet sent.", registry=r
+        )
+        self.channel_paused = Gauge(
+            "reminders_channel_paused",
+            "1 while a channel is paused for misconfiguration.",
+            ["channel"],
+            registry=r,
+        )

@@ -1,0 +1,373 @@
+"""Every statement that moves a reminder or a delivery, in one place.
+
+Functions take the session and never commit: the caller owns the transaction. Claiming is one
+``UPDATE ... WHERE id IN (SELECT ... FOR UPDATE SKIP LOCKED) RETURNING id`` on PostgreSQL; on
+SQLite the same single statement runs under the database's one write lock (``BEGIN IMMEDIATE``).
+Every change to a claimed reminder checks the claim owner, so a dispatcher that lost its lease
+cannot overwrite the work of the one that took over.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Iterable, Sequence
+from typing import Any
+
+from sqlalchemy import and_, func, or_, select, update
+from sqlalchemy.dialects.postgresql import insert as pg_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+from sqlalchemy.orm import Session
+
+from reminders.models import (
+    Delivery,
+    DeliveryEvent,
+    DeliveryStatus,
+    Reminder,
+    ReminderStatus,
+    Treatment,
+)
+from reminders.planning import PlannedReminder
+
+RS = ReminderStatus
+# Cancellations that a later plan may undo (the reason went away); staff and sent ones stay.
+REVERSIBLE_REASONS = ("superseded", "inactive", "no_channel", "deleted")
+
+
+def _insert(session: Session) -> Any:
+    return pg_insert if session.get_bind().dialect.name == "postgresql" else sqlite_insert
+
+
+def plan(session: Session, treatment: Treatment, planned: Sequence[PlannedReminder]) -> int:
+    """Insert the planned steps of a treatment that are not there yet; move open ones whose
+    times changed. Returns the number of rows written (0 when nothing changed)."""
+    written = 0
+    existing = {
+        r.step: r
+        for r in session.scalars(select(Reminder).where(Reminder.treatment_id == treatment.id))
+    }
+    for p in planned:
+        row = existing.get(p.step)
+        if row is None:
+            values = {
+                "treatment_id": treatment.id,
+                "patient_id": treatment.patient_id,
+                "protocol": treatment.protocol,
+                "step": p.step,
+                "status": RS.PENDING,
+                "due_at": p.due_at,
+                "expires_at": p.expires_at,
+                "next_attempt_at": p.due_at,
+                "attempts": 0,
+            }
+            stmt = _insert(session)(Reminder).values(**values).on_conflict_do_nothing()
+            written += len(session.execute(stmt.returning(Reminder.id)).all())
+        elif _reopenable(row) or (
+            row.status == RS.PENDING and (row.due_at, row.expires_at) != (p.due_at, p.expires_at)
+        ):
+            row.status, row.reason = RS.PENDING, None
+            row.due_at, row.expires_at, row.next_attempt_at = p.due_at, p.expires_at, p.due_at
+            written += 1
+    return written
+
+
+def _reopenable(row: Reminder) -> bool:
+    return row.status == RS.CANCELLED and row.reason in REVERSIBLE_REASONS
+
+
+def cancel_open(
+    session: Session,
+    reason: str,
+    *,
+    treatment_ids: Iterable[int] = (),
+    steps_not: Iterable[str] = (),
+) -> int:
+    """Cancel the pending reminders of these treatments (optionally keeping some steps)."""
+    ids = list(treatment_ids)
+    if not ids:
+        return 0
+    stmt = update(Reminder).where(Reminder.treatment_id.in_(ids), Reminder.status == RS.PENDING)
+    keep = list(steps_not)
+    if keep:
+        stmt = stmt.where(Reminder.step.not_in(keep))
+    result = session.execute(stmt.values(status=RS.CANCELLED, reason=reason))
+    return int(getattr(result, "rowcount", 0) or 0)
+
+
+def claim_due(
+    session: Session, owner: str, *, now: dt.datetime, limit: int, lease: dt.timedelta
+) -> list[int]:
+    """Claim up to ``limit`` due reminders for ``owner`` until ``now + lease``; oldest first."""
+    due = (
+        select(Reminder.id)
+        .where(Reminder.status == RS.PENDING, Reminder.next_attempt_at <= now)
+        .order_by(Reminder.next_attempt_at)
+        .limit(limit)
+        .with_for_update(skip_locked=True)
+    )
+    stmt = (
+        update(Reminder)
+        .where(Reminder.id.in_(due.scalar_subquery()))
+        .values(status=RS.CLAIMED, claimed_by=owner, lease_until=now + lease)
+        .returning(Reminder.id)
+    )
+    return sorted(session.scalars(stmt).all())
+
+
+def _claimed(reminder_id: int, owner: str) -> Any:
+    return and_(
+        Reminder.id == reminder_id, Reminder.status == RS.CLAIMED, Reminder.claimed_by == owner
+    )
+
+
+def _unclaim(**values: Any) -> dict[str, Any]:
+    return {"claimed_by": None, "lease_until": None, **values}
+
+
+def mark_sent(
+    session: Session, reminder_id: int, owner: str, *, channel: str, now: dt.datetime
+) -> bool:
+    result = session.execute(
+        update(Reminder)
+        .where(_claimed(reminder_id, owner))
+        .values(**_unclaim(status=RS.SENT, channel=channel, sent_at=now, reason=None))
+    )
+    return bool(getattr(result, "rowcount", 0))
+
+
+def reschedule(
+    session: Session,
+    reminder_id: int,
+    owner: str,
+    *,
+    at: dt.datetime,
+    count_attempt: bool,
+    error: str | None = None,
+) -> bool:
+    """Put a claimed reminder back in the queue for ``at`` (a retry, or the next send window)."""
+    values = _unclaim(status=RS.PENDING, next_attempt_at=at)
+    if count_attempt:
+        values["attempts"] = Reminder.attempts + 1
+    if error is not None:
+        values["last_error"] = error[:500]
+    result = session.execute(update(Reminder).where(_claimed(reminder_id, owner)).values(**values))
+    return bool(getattr(result, "rowcount", 0))
+
+
+def finish(session: Session, reminder_id: int, owner: str, *, status: RS, reason: str) -> bool:
+    """End a claimed reminder as failed, expired or cancelled, with its reason."""
+    result = session.execute(
+        update(Reminder)
+        .where(_claimed(reminder_id, owner))
+        .values(**_unclaim(status=status, reason=reason))
+    )
+    return bool(getattr(result, "rowcount", 0))
+
+
+def release(session: Session, owner: str) -> int:
+    """Give back every reminder ``owner`` holds and has not started sending (shutdown)."""
+    sending = select(Delivery.reminder_id).where(Delivery.status == DeliveryStatus.SENDING)
+    result = session.execute(
+        update(Reminder)
+        .where(
+            Reminder.status == RS.CLAIMED,
+            Reminder.claimed_by == owner,
+            Reminder.id.not_in(sending),
+        )
+        .values(**_unclaim(status=RS.PENDING))
+    )
+    return int(getattr(result, "rowcount", 0) or 0)
+
+
+def release_stale(session: Session, *, now: dt.datetime, grace: dt.timedelta) -> tuple[int, int]:
+    """Recover reminders whose claim lease ran out (their dispatcher died or hung).
+
+    One with a delivery still ``sending`` may have reached the provider: it becomes *in doubt*
+    and waits ``grace`` for a provider callback to settle it. The rest go back to pending.
+    Returns (released, in_doubt).
+    """
+    stale = select(Reminder.id).where(Reminder.status == RS.CLAIMED, Reminder.lease_until < now)
+    stale_ids = list(session.scalars(stale.with_for_update(skip_locked=True)))
+    if not stale_ids:
+        return 0, 0
+    doubtful = set(
+        session.scalars(
+            update(Delivery)
+            .where(Delivery.reminder_id.in_(stale_ids), Delivery.status == DeliveryStatus.SENDING)
+            .values(status=DeliveryStatus.IN_DOUBT)
+            .returning(Delivery.reminder_id)
+        )
+    )
+    add_events(
+        session, _deliveries_of(session, doubtful, DeliveryStatus.IN_DOUBT), "housekeeping", now
+    )
+    if doubtful:
+        session.execute(
+            update(Reminder)
+            .where(Reminder.id.in_(doubtful))
+            .values(**_unclaim(status=RS.IN_DOUBT, next_attempt_at=now + grace))
+        )
+    plain = [i for i in stale_ids if i not in doubtful]
+    if plain:
+        session.execute(
+            update(Reminder).where(Reminder.id.in_(plain)).values(**_unclaim(status=RS.PENDING))
+        )
+    return len(plain), len(doubtful)
+
+
+def _deliveries_of(session: Session, reminder_ids: Iterable[int], status: str) -> list[int]:
+    ids = list(reminder_ids)
+    if not ids:
+        return []
+    return list(
+        session.scalars(
+            select(Delivery.id).where(Delivery.reminder_id.in_(ids), Delivery.status == status)
+        )
+    )
+
+
+def resolve_in_doubt(session: Session, *, now: dt.datetime) -> int:
+    """The in-doubt rule, after the grace period with no provider word: the attempt counts as
+    not delivered (``abandoned``) and the reminder goes back to pending to be sent again.
+    At-least-once beats silently losing a reminder; a duplicate can happen only for a send
+    that was in flight when its dispatcher died."""
+    due = list(
+        session.scalars(
+            select(Reminder.id)
+            .where(Reminder.status == RS.IN_DOUBT, Reminder.next_attempt_at <= now)
+            .with_for_update(skip_locked=True)
+        )
+    )
+    if not due:
+        return 0
+    abandoned = _deliveries_of(session, due, DeliveryStatus.IN_DOUBT)
+    session.execute(
+        update(Delivery).where(Delivery.id.in_(abandoned)).values(status=DeliveryStatus.ABANDONED)
+    )
+    add_events(session, abandoned, "housekeeping", now, DeliveryStatus.ABANDONED)
+    session.execute(
+        update(Reminder)
+        .where(Reminder.id.in_(due))
+        .values(status=RS.PENDING, next_attempt_at=now, reason=None)
+    )
+    return len(due)
+
+
+def settle_in_doubt(
+    session: Session, delivery: Delivery, *, accepted: bool, now: dt.datetime
+) -> None:
+    """A provider callback names an in-doubt delivery: the reminder was sent (or was not)."""
+    if accepted:
+        session.execute(
+            update(Reminder)
+            .where(Reminder.id == delivery.reminder_id, Reminder.status == RS.IN_DOUBT)
+            .values(status=RS.SENT, channel=delivery.channel, sent_at=now, reason=None)
+        )
+    else:
+        session.execute(
+            update(Reminder)
+            .where(Reminder.id == delivery.reminder_id, Reminder.status == RS.IN_DOUBT)
+            .values(status=RS.PENDING, next_attempt_at=now)
+        )
+
+
+def start_delivery(
+    session: Session, reminder_id: int, *, channel: str, address: str, now: dt.datetime
+) -> Delivery:
+    """The attempt row, written (and committed by the caller) before the provider is called."""
+    delivery = Delivery(
+        reminder_id=reminder_id, channel=channel, address=address, status=DeliveryStatus.SENDING
+    )
+    session.add(delivery)
+    session.flush()
+    add_events(session, [delivery.id], "dispatch", now, DeliveryStatus.SENDING)
+    return delivery
+
+
+def add_events(
+    session: Session,
+    delivery_ids: Iterable[int],
+    source: str,
+    now: dt.datetime,
+    status: str | None = None,
+    error_code: str | None = None,
+) -> None:
+    rows = [
+        {
+            "delivery_id": i,
+            "status": status,
+            "source": source,
+            "occurred_at": now,
+            "error_code": error_code,
+        }
+        for i in delivery_ids
+    ]
+    if rows and status is not None:
+        session.execute(_insert(session)(DeliveryEvent), rows)
+
+
+def finish_delivery(
+    session: Session,
+    delivery_id: int,
+    *,
+    status: str,
+    now: dt.datetime,
+    provider_id: str | None = None,
+    error_code: str | None = None,
+    error_message: str | None = None,
+    permanent: bool = False,
+    details: dict[str, Any] | None = None,
+) -> None:
+    """Record what the provider answered to the call (only from ``sending``)."""
+    values: dict[str, Any] = {"status": status, "permanent": permanent, "updated_at": now}
+    for key, value in (
+        ("provider_message_id", provider_id),
+        ("error_code", error_code),
+        ("error_message", error_message and error_message[:500]),
+        ("details", details),
+    ):
+        if value is not None:
+            values[key] = value
+    session.execute(
+        update(Delivery)
+        .where(
+            Delivery.id == delivery_id,
+            or_(
+                Delivery.status == DeliveryStatus.SENDING,
+                Delivery.status == DeliveryStatus.IN_DOUBT,
+            ),
+        )
+        .values(**values)
+    )
+    add_events(session, [delivery_id], "dispatch", now, status, error_code)
+
+
+def failed_channels(session: Session, reminder_id: int) -> set[str]:
+    """Channels that failed permanently for this reminder (fallback skips them)."""
+    return set(
+        session.scalars(
+            select(Delivery.channel).where(Delivery.reminder_id == reminder_id, Delivery.permanent)
+        )
+    )
+
+
+def treatments_to_plan(session: Session, limit: int) -> list[tuple[int, str]]:
+    """(patient, protocol) groups that have a treatment waiting to be planned."""
+    rows = session.execute(
+        select(Treatment.patient_id, Treatment.protocol)
+        .where(Treatment.needs_plan)
+        .group_by(Treatment.patient_id, Treatment.protocol)
+        .limit(limit)
+    )
+    return [(r[0], r[1]) for r in rows]
+
+
+def due_depth(session: Session, now: dt.datetime) -> int:
+    """How many reminders are due and not yet sent (a gauge for ops)."""
+    return int(
+        session.scalar(
+            select(func.count())
+            .select_from(Reminder)
+            .where(Reminder.status == RS.PENDING, Reminder.next_attempt_at <= now)
+        )
+        or 0
+    )

@@ -1,0 +1,44 @@
+"""A messages-per-second limit per sender, shared by all dispatch workers of a process."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable
+
+
+class RateLimiter:
+    """Spaces calls at least ``1/rate`` seconds apart (a token bucket of size one).
+
+    ``acquire`` reserves the next free slot under a lock and sleeps outside it, so several
+    threads queue fairly without holding the lock while they wait.
+    """
+
+    def __init__(
+        self,
+        rate: float,
+        clock: Callable[[], float] = time.monotonic,
+        sleep: Callable[[float], None] = time.sleep,
+    ) -> None:
+        if rate <= 0:
+            raise ValueError("rate must be positive")
+        self.interval = 1.0 / rate
+        self._clock, self._sleep = clock, sleep
+        self._next = 0.0
+        self._lock = threading.Lock()
+
+    def acquire(self) -> float:
+        """Wait for this caller's slot; returns the seconds waited."""
+        with self._lock:
+            now = self._clock()
+            slot = max(now, self._next)
+            self._next = slot + self.interval
+        wait = slot - now
+        if wait > 0:
+            self._sleep(wait)
+        return wait
+
+    def hold_until(self, monotonic_at: float) -> None:
+        """The provider said stop (429): nobody sends on this sender before ``monotonic_at``."""
+        with self._lock:
+            self._next = max(self._next, monotonic_at)

@@ -1,0 +1,153 @@
+"""Message templates: sandboxed Jinja2, strict about unknown variables, HTML autoescaped.
+
+A template is one (step, channel, language). Staff versions live in the database; the
+defaults live in ``templates/<language>.yaml`` in the config folder. Lookup falls back from
+the patient's language to its base language (``pt_BR`` -> ``pt``) and then to the clinic's
+default language.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+from babel.dates import format_date
+from jinja2 import StrictUndefined, TemplateSyntaxError, UndefinedError, pass_context
+from jinja2.exceptions import SecurityError
+from jinja2.runtime import Context
+from jinja2.sandbox import ImmutableSandboxedEnvironment
+
+from reminders.settings import ConfigError
+
+TEXT_FIELDS = ("subject", "text", "html")
+
+
+class TemplateError(Exception):
+    """A template does not render; names the field and line."""
+
+    def __init__(self, field: str, reason: str, line: int | None = None) -> None:
+        where = f"{field}, line {line}" if line else field
+        super().__init__(f"{where}: {reason}")
+        self.field, self.reason, self.line = field, reason, line
+
+
+@dataclass(frozen=True)
+class TemplateSpec:
+    step: str
+    channel: str
+    language: str
+    text: str = ""
+    subject: str | None = None
+    html: str | None = None
+    content_sid: str | None = None
+    variables: Mapping[str, str] | None = None
+    version: int = 0  # 0: the default from the config folder
+
+
+@dataclass(frozen=True)
+class Rendered:
+    text: str
+    subject: str | None = None
+    html: str | None = None
+    content_sid: str | None = None
+    content_variables: dict[str, str] = field(default_factory=dict)
+
+
+@pass_context
+def _date(context: Context, value: dt.date, format: str = "long") -> str:
+    return format_date(value, format=format, locale=context.get("language", "en"))
+
+
+def _environment(autoescape: bool) -> ImmutableSandboxedEnvironment:
+    env = ImmutableSandboxedEnvironment(
+        undefined=StrictUndefined, autoescape=autoescape, keep_trailing_newline=False
+    )
+    env.filters["date"] = _date
+    return env
+
+
+_PLAIN = _environment(autoescape=False)
+_HTML = _environment(autoescape=True)
+
+
+def render_string(source: str, context: Mapping[str, Any], field: str) -> str:
+    env = _HTML if field == "html" else _PLAIN
+    try:
+        return env.from_string(source).render(context).strip()
+    except TemplateSyntaxError as exc:
+        raise TemplateError(field, exc.message or "syntax error", exc.lineno) from None
+    except UndefinedError as exc:
+        raise TemplateError(field, exc.message or "undefined variable", _line(exc)) from None
+    except SecurityError as exc:
+        raise TemplateError(field, f"not allowed: {exc}", _line(exc)) from None
+    except Exception as exc:  # any runtime error in a staff template is the template's fault
+        raise TemplateError(field, f"{type(exc).__name__}: {exc}", _line(exc)) from None
+
+
+def _line(exc: BaseException) -> int | None:
+    tb = exc.__traceback__
+    line = None
+    while tb is not None:
+        if tb.tb_frame.f_code.co_filename == "<template>":
+            line = tb.tb_lineno
+        tb = tb.tb_next
+    return line
+
+
+def render(spec: TemplateSpec, context: Mapping[str, Any]) -> Rendered:
+    """Render every part of ``spec``; raises TemplateError naming the first part that fails."""
+    parts = {
+        f: render_string(getattr(spec, f), context, f) for f in TEXT_FIELDS if getattr(spec, f)
+    }
+    variables = {}
+    for key, source in (spec.variables or {}).items():
+        value = render_string(source, context, f"variables.{key}")
+        if not value or any(c in value for c in "\n\t"):
+            raise TemplateError(f"variables.{key}", "must be one non-empty line (WhatsApp rule)")
+        variables[str(key)] = value
+    if spec.channel == "whatsapp" and spec.variables is None and spec.content_sid:
+        raise TemplateError("variables", "a WhatsApp template needs its variable mapping")
+    return Rendered(
+        text=parts.get("text", ""),
+        subject=parts.get("subject"),
+        html=parts.get("html"),
+        content_sid=spec.content_sid,
+        content_variables=variables,
+    )
+
+
+def load_default_templates(config_dir: Path) -> dict[tuple[str, str, str], TemplateSpec]:
+    """Every default template from ``templates/*.yaml``, keyed by (step, channel, language)."""
+    found: dict[tuple[str, str, str], TemplateSpec] = {}
+    for path in sorted((config_dir / "templates").glob("*.yaml")):
+        language = path.stem
+        try:
+            data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"{path}: {exc}") from None
+        for step, channels in data.items():
+            for channel, body in (channels or {}).items():
+                if channel not in ("email", "sms", "whatsapp") or not isinstance(body, dict):
+                    raise ConfigError(f"{path}: {step}.{channel}: unknown channel or not a mapping")
+                try:
+                    found[(step, channel, language)] = TemplateSpec(
+                        step=step, channel=channel, language=language, **body
+                    )
+                except TypeError as exc:
+                    raise ConfigError(f"{path}: {step}.{channel}: {exc}") from None
+    return found
+
+
+def language_chain(language: str, default: str) -> list[str]:
+    """Languages to try, most specific first: ``pt_BR`` -> ``pt`` -> the clinic default."""
+    chain = [language]
+    if "_" in language:
+        chain.append(language.split("_", 1)[0])
+    for fallback in (default, default.split("_", 1)[0]):
+        if fallback not in chain:
+            chain.append(fallback)
+    return chain

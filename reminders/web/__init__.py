@@ -1,0 +1,1 @@
+"""The HTTP side of the service: health, metrics, webhooks, API and staff console."""
