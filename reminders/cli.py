@@ -188,6 +188,18 @@ def demo(database: str, port: int | None) -> None:
     _serve(runtime, banner)
 
 
+def _register_commands() -> None:
+    from reminders.channels.cli import send_test
+    from reminders.importing.cli import import_group
+    from reminders.web.console.cli import users
+
+    for command in (send_test, import_group, users):
+        main.add_command(command)
+
+
+_register_commands()
+
+
 def run_cli() -> None:  # pragma: no cover - console entry for python -m
     main(prog_name="reminders")
 

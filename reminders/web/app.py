@@ -35,4 +35,9 @@ def create_app(runtime: Runtime) -> FastAPI:
     def metrics() -> Response:
         return Response(generate_latest(runtime.metrics.registry), media_type=CONTENT_TYPE_LATEST)
 
+    from reminders.web import api, console, webhooks
+
+    app.include_router(webhooks.router)
+    app.include_router(api.router)
+    app.include_router(console.router)
     return app

@@ -307,8 +307,8 @@ def _check(body: Any) -> list[tuple[str, str | None]]:
         errors.append((_MESSAGES["content"], "content"))
     types = [c["type"] for c in content]
     if (
-        "text/plain" in types
-        and types.index("text/plain") != 0
+        ("text/plain" in types
+        and types.index("text/plain") != 0)
         or ("text/html" in types and types[0] not in ("text/plain", "text/html"))
     ):
         errors.append(

@@ -173,7 +173,9 @@ class FakeTwilio(FakeServer):
         with self._lock:
             self._fail_later[number] = (error_code, status)
 
-    def outage(self, status: int = 503, until: float | None = None, code: int | None = None) -> None:  # fmt: skip  # noqa: E501
+    def outage(
+        self, status: int = 503, until: float | None = None, code: int | None = None
+    ) -> None:
         """Fail every request until monotonic time ``until`` (None: until ``end_outage()``)."""
         self._set_outage(twilio_error(status, code, "Service Unavailable"), until)
 
@@ -186,11 +188,14 @@ class FakeTwilio(FakeServer):
         self, url: str, params: dict[str, str], *, signature: str | None = None
     ) -> WebhookResult:
         """Form-POST ``params`` to ``url`` with X-Twilio-Signature (``signature`` overrides)."""
-        headers = {"Content-Type": "application/x-www-form-urlencoded", "User-Agent": "TwilioProxy/1.1"}  # fmt: skip  # noqa: E501
+        headers = {"Content-Type": "application/x-www-form-urlencoded"}
+        headers["User-Agent"] = "TwilioProxy/1.1"
         headers["X-Twilio-Signature"] = signature or self.sign(url, params)
         return post(url, urlencode(params).encode(), headers)
 
-    def callback_params(self, sid: str, status: str, error_code: int | None = None) -> dict[str, str]:  # fmt: skip  # noqa: E501
+    def callback_params(
+        self, sid: str, status: str, error_code: int | None = None
+    ) -> dict[str, str]:
         """Status callback form fields for accepted message ``sid``."""
         msg = next(m for m in self.messages if m.sid == sid)
         sender = msg.params.get("From") or self._channel(msg.to) + self.service_sender
@@ -249,7 +254,8 @@ class FakeTwilio(FakeServer):
             params, url = self.callback_params(msg.sid, status, code), msg.status_callback or ""
             msg.status = status
             try:
-                attempt = CallbackAttempt(msg.sid, url, params, self.post_webhook(url, params).status)  # fmt: skip  # noqa: E501
+                answer = self.post_webhook(url, params)
+                attempt = CallbackAttempt(msg.sid, url, params, answer.status)
             except OSError as error:
                 attempt = CallbackAttempt(msg.sid, url, params, None, repr(error))
             with self._lock:
@@ -285,7 +291,8 @@ class FakeTwilio(FakeServer):
             if self.auto_callbacks and msg.status_callback:
                 self._spawn(lambda: self._run_callbacks(msg), f"twilio-callbacks-{msg.sid}")
 
-        headers = {"Content-Type": "application/json; charset=utf-8", "Twilio-Request-Id": _sid("RQ")}  # fmt: skip  # noqa: E501
+        headers = {"Content-Type": "application/json; charset=utf-8"}
+        headers["Twilio-Request-Id"] = _sid("RQ")
         return Reply(201, json.dumps(msg.resource).encode(), headers, after)
 
     def _authorized(self, header: str) -> bool:
@@ -299,7 +306,7 @@ class FakeTwilio(FakeServer):
 
     def _accept(self, params: dict[str, Any], received_at: float) -> TwilioMessage:
         media, service = list(params.get("MediaUrl") or []), params.get("MessagingServiceSid")
-        body, to, sid = params.get("Body"), params["To"], _sid("MM" if params.get("MediaUrl") else "SM")  # fmt: skip  # noqa: E501
+        body, to, sid = params.get("Body"), params["To"], _sid("MM" if media else "SM")
         status = "accepted" if service else "queued"
         if params.get("ScheduleType") == "fixed":
             status = "scheduled"
@@ -377,7 +384,8 @@ def _good_variables(params: dict[str, Any]) -> bool:
         return False
     values = [v for v in variables.values() if isinstance(v, str | int | float | bool)]
     texts = [str(v) for v in values if not isinstance(v, bool)]
-    return len(texts) == len(variables) and all(t.strip() and "\n" not in t and "\t" not in t for t in texts)  # fmt: skip  # noqa: E501
+    clean = all(t.strip() and "\n" not in t and "\t" not in t for t in texts)
+    return clean and len(texts) == len(variables)
 
 
 def _coerce(kind: str | None, value: Any) -> Any:

@@ -1,0 +1,1 @@
+"""Getting records in: CSV import and sync from the clinic's own database."""

@@ -1,0 +1,5 @@
+"""The staff console under /admin."""
+
+from fastapi import APIRouter
+
+router = APIRouter()

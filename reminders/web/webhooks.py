@@ -1,0 +1,5 @@
+"""Provider webhooks (Twilio status and inbound, SendGrid events)."""
+
+from fastapi import APIRouter
+
+router = APIRouter()
