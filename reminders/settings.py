@@ -178,7 +178,7 @@ def env_name(field: str) -> str:
 def load_settings(environ: Mapping[str, str] | None = None, **overrides: Any) -> Settings:
     """Read settings from ``environ`` (default ``os.environ``) over ``settings.toml``."""
     environ = os.environ if environ is None else environ
-    config_dir = Path(environ.get("REMINDERS_CONFIG_DIR") or "config")
+    config_dir = Path(environ.get("REMINDERS_CONFIG_DIR") or default_config_dir())
     values: dict[str, Any] = {"config_dir": config_dir}
     values.update(_read_file(config_dir / SETTINGS_FILE))
     for field in Settings.model_fields:
@@ -192,6 +192,13 @@ def load_settings(environ: Mapping[str, str] | None = None, **overrides: Any) ->
         raise ConfigError(_describe(exc)) from None
     except ValueError as exc:
         raise ConfigError(str(exc)) from None
+
+
+def default_config_dir() -> Path:
+    """``./config`` when there is one, else the defaults shipped inside the package."""
+    local = Path("config")
+    packaged = Path(__file__).resolve().parent / "_config"
+    return packaged if not local.is_dir() and packaged.is_dir() else local
 
 
 def _read_file(path: Path) -> dict[str, Any]:
