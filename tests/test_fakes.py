@@ -17,12 +17,12 @@ from python_http_client import exceptions as sg_errors
 from sendgrid import SendGridAPIClient
 from sendgrid.helpers.eventwebhook import EventWebhook
 from sendgrid.helpers.mail import CustomArg, Mail
-from twilio.base.exceptions import TwilioRestException
+from twilio.base.exceptions import TwilioRestException, TwilioServiceException
 from twilio.http.http_client import TwilioHttpClient
 from twilio.request_validator import RequestValidator
 from twilio.rest import Client
 
-from tests.fakes import FakeSendGrid, FakeTwilio, twilio_error
+from tests.fakes import FakeSendGrid, FakeTwilio, Reply, twilio_error
 
 SENDER, PATIENT, SERVICE = "+15005550006", "+905321234567", "MG" + "a1" * 16
 TEMPLATE = "HX" + "b2" * 16
@@ -91,7 +91,7 @@ class Receiver:
                 pass
 
         self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.thread = threading.Thread(target=self.server.serve_forever)
+        self.thread = threading.Thread(target=self.server.serve_forever, args=(0.01,))
 
     def url(self, path: str) -> str:
         return f"http://127.0.0.1:{self.server.server_address[1]}{path}"
@@ -178,6 +178,38 @@ def test_it_accepts_a_whatsapp_content_template(twilio: FakeTwilio) -> None:
     assert sent.content_sid == TEMPLATE and sent.content_variables == {"1": "Ayşe", "2": "12 Dec"}
 
 
+def test_media_makes_an_mms(twilio: FakeTwilio) -> None:
+    message = client_for(twilio).messages.create(
+        to=PATIENT,
+        from_=SENDER,
+        media_url=["https://example.org/a.png", "https://example.org/b.png"],
+    )
+
+    assert message.sid.startswith("MM")
+    assert message.num_media == "2"
+    assert twilio.requests[0].params["MediaUrl"] == [
+        "https://example.org/a.png",
+        "https://example.org/b.png",
+    ]
+
+
+def test_it_waits_for_requests_and_forgets_on_reset(twilio: FakeTwilio) -> None:
+    twilio.fail_to(PATIENT)
+    client = client_for(twilio)
+    later = threading.Timer(0.1, lambda: client.messages.create(to=SENDER, from_=SENDER, body="x"))
+    later.start()
+
+    [request] = twilio.wait_for_requests(1, timeout=5)
+    later.join()
+    twilio.reset()
+    client.messages.create(to=PATIENT, from_=SENDER, body="x")
+
+    assert request.params["To"] == SENDER
+    assert [m.to for m in twilio.messages] == [PATIENT]
+    with pytest.raises(TimeoutError):
+        twilio.wait_for_requests(2, timeout=0.05)
+
+
 @pytest.mark.parametrize(
     ("body", "segments"),
     [
@@ -228,6 +260,7 @@ def test_it_rejects_bad_credentials_with_20003(twilio: FakeTwilio) -> None:
         ({"from_": f"whatsapp:{SENDER}", "body": "x"}, 21910),
         ({"from_": SENDER, "body": "x", "validity_period": 0}, 90007),
         ({"from_": SENDER, "body": "x", "validity_period": 36001}, 90007),
+        ({"from_": SENDER, "body": "x", "status_callback": "https://bad_host.example/cb"}, 21609),
         ({"from_": SENDER, "body": "x", "status_callback": "ftp://example.org/cb"}, 21609),
         ({"from_": SENDER, "body": "x" * 1601}, 21617),
     ],
@@ -273,6 +306,8 @@ def test_it_throttles_with_429_and_the_caller_sees_retry_after(twilio: FakeTwili
 
     assert seen == ["2", "2", None]
     assert len(twilio.messages) == 1
+    assert [r.params["To"] for r in twilio.requests] == [PATIENT] * 3  # parsed before scripting
+    assert [r.status for r in twilio.requests] == [429, 429, 201]
 
 
 def test_error_bodies_never_carry_type_or_title(twilio: FakeTwilio) -> None:
@@ -288,6 +323,16 @@ def test_error_bodies_never_carry_type_or_title(twilio: FakeTwilio) -> None:
         assert answer.json()["status"] == answer.status_code
     assert [a.status_code for a in answers] == [500, 400, 401]
     assert answers[2].headers["WWW-Authenticate"].startswith("Basic")
+
+
+def test_type_and_title_in_an_error_would_make_the_sdk_raise_another_exception(
+    twilio: FakeTwilio,
+) -> None:
+    problem = {"type": "https://x/e", "title": "Bad", "status": 400, "code": 21211}
+    twilio.set_handler(lambda r: Reply(400, json.dumps(problem).encode()))
+
+    with pytest.raises(TwilioServiceException):  # why the fake never sends type or title
+        client_for(twilio).messages.create(to=PATIENT, from_=SENDER, body="x")
 
 
 def test_a_hang_raises_read_timeout_and_may_still_accept(twilio: FakeTwilio) -> None:
@@ -373,7 +418,7 @@ def test_it_posts_signed_status_callbacks_sent_then_delivered() -> None:
         by_sid.setdefault(params["MessageSid"], []).append(
             (params["MessageStatus"], params.get("ErrorCode"))
         )
-    assert list(by_sid.values()) == [
+    assert [by_sid[m.sid] for m in fake.messages] == [
         [("sent", None), ("delivered", None)],
         [("sent", None), ("undelivered", "30003")],
         [("failed", "63016")],
@@ -592,6 +637,7 @@ def test_both_fakes_measure_the_peak_request_rate(
 
     assert twilio.max_rate() == sendgrid.max_rate() == 4.0
     assert twilio.max_rate(window=10) == 0.7
+    assert twilio.max_rate(where=lambda r: r.params["From"] == "+15550000000") == 0
 
 
 def test_stopping_joins_every_thread_even_with_a_request_hanging() -> None:

@@ -8,6 +8,7 @@ success). Every connection is closed after one response, so ``stop()`` can join 
 
 from __future__ import annotations
 
+import contextlib
 import socket
 import sys
 import threading
@@ -18,8 +19,8 @@ import urllib.request
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from email.message import Message
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from types import TracebackType
 from typing import Any, Self
 
 
@@ -30,7 +31,7 @@ class RecordedRequest:
     method: str
     path: str
     query: str
-    headers: dict[str, str]
+    headers: Message[str, str]  # case-insensitive: headers["authorization"] works
     body: bytes
     received_at: float  # time.monotonic()
     received_wall: float  # time.time()
@@ -151,7 +152,7 @@ class FakeServer:
         self._server = _Server(self)
         self._thread = threading.Thread(
             target=self._server.serve_forever,
-            kwargs={"poll_interval": 0.05},
+            kwargs={"poll_interval": 0.01},
             name=f"{type(self).__name__}-serve",
         )
         self._thread.start()
@@ -169,10 +170,8 @@ class FakeServer:
         server.shutdown()
         with server.connections_lock:
             for conn in list(server.connections):
-                try:
+                with contextlib.suppress(OSError):
                     conn.shutdown(socket.SHUT_RDWR)
-                except OSError:
-                    pass
         server.server_close()  # joins the request threads, so no worker is spawned after this
         if self._thread is not None:
             self._thread.join()
@@ -182,12 +181,7 @@ class FakeServer:
     def __enter__(self) -> Self:
         return self.start()
 
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
+    def __exit__(self, *exc_info: object) -> None:
         self.stop()
 
     def _spawn(self, target: Callable[[], None], name: str) -> None:
@@ -217,9 +211,12 @@ class FakeServer:
                 raise TimeoutError(f"{len(self._requests)} of {count} requests after {timeout}s")
             return list(self._requests)
 
-    def max_rate(self, window: float = 1.0) -> float:
-        """Highest number of requests received within any ``window`` seconds, per second."""
-        times = sorted(r.received_at for r in self.requests)
+    def max_rate(
+        self, window: float = 1.0, where: Callable[[RecordedRequest], bool] | None = None
+    ) -> float:
+        """Most requests (those ``where`` accepts) received within any ``window`` seconds,
+        divided by ``window``: e.g. ``where=lambda r: r.params.get("From") == sender``."""
+        times = sorted(r.received_at for r in self.requests if where is None or where(r))
         best, start = 0, 0
         for end, t in enumerate(times):
             while t - times[start] >= window:
@@ -267,6 +264,10 @@ class FakeServer:
             self._outage = (reply, until)
 
     # request path ------------------------------------------------------------------------
+    def _parse(self, request: RecordedRequest) -> Any:
+        """The body as the provider reads it, recorded in ``params`` before any scripting."""
+        return None
+
     def _process(self, request: RecordedRequest) -> Reply:
         raise NotImplementedError
 
@@ -288,18 +289,16 @@ class FakeServer:
         return self._process(request)
 
     def _serve(self, http: _RequestHandler) -> None:
+        received_at, received_wall = time.monotonic(), time.time()
         http.close_connection = True
         length = int(http.headers.get("Content-Length") or 0)
         path, _, query = http.path.partition("?")
+        body = http.rfile.read(length) if length else b""
         request = RecordedRequest(
-            method=http.command,
-            path=path,
-            query=query,
-            headers=dict(http.headers.items()),
-            body=http.rfile.read(length) if length else b"",
-            received_at=time.monotonic(),
-            received_wall=time.time(),
+            http.command, path, query, http.headers, body, received_at, received_wall
         )
+        with contextlib.suppress(ValueError):
+            request.params = self._parse(request)
         with self._lock:
             self._requests.append(request)
             self._lock.notify_all()

@@ -53,7 +53,7 @@ SCHEMA["properties"]["personalizations"]["items"]["properties"]["custom_args"][
 ] = {"type": "string"}
 _VALIDATOR = Draft7Validator(SCHEMA)
 _EMAIL = re.compile(r"^[^@\s]+@[^@\s]+\.[^@\s]+$")
-_MESSAGES = {
+_MESSAGES = {  # SendGrid's own wording
     "from": "The from object must be provided for every email send. It is an object that "
     "requires the email parameter, but may also contain a name parameter.",
     "personalizations": "The personalizations field is required and must have at least one "
@@ -62,6 +62,13 @@ _MESSAGES = {
     "template with a subject defined or if every personalization has a subject defined.",
     "content": "Unless a valid template_id is provided, the content parameter is required. There "
     "must be at least one defined content block.",
+    "to": "The to array is required for all personalization objects, and must have at least one "
+    "email object with a valid email address.",
+    "email": "Does not contain a valid address.",
+    "from.email": "The from email does not contain a valid address.",
+    "recipients": "The total number of recipients must be no more than 1000.",
+    "order": "If present, text/plain content must be first, followed by text/html content, "
+    "followed by any other content.",
 }
 _UNVERIFIED = (
     "The from address does not match a verified Sender Identity. Mail cannot be sent until this "
@@ -161,7 +168,7 @@ class FakeSendGrid(FakeServer):
             )
 
     def outage(self, status: int = 503, until: float | None = None) -> None:
-        """Fail every request with ``status`` until monotonic time ``until`` (None: ``end_outage``)."""
+        """Fail every request until monotonic time ``until`` (None: until ``end_outage()``)."""
         self._set_outage(sendgrid_error(status, "service unavailable"), until)
 
     # event webhook ------------------------------------------------------------------------
@@ -208,6 +215,15 @@ class FakeSendGrid(FakeServer):
         return {**event, **fields}
 
     # request processing ---------------------------------------------------------------------
+    def _parse(self, request: RecordedRequest) -> Any:
+        raw = request.body
+        if request.headers.get("Content-Encoding", "").lower() == "gzip":
+            try:
+                raw = gzip.decompress(raw)
+            except (OSError, EOFError) as error:
+                raise ValueError("bad gzip body") from error
+        return json.loads(raw)
+
     def _process(self, request: RecordedRequest) -> Reply:
         if request.path != "/v3/mail/send":
             return sendgrid_error(404, "not found")
@@ -217,16 +233,12 @@ class FakeSendGrid(FakeServer):
             )
         if request.method != "POST":
             return sendgrid_error(405, "method not allowed")
-        raw = request.body
-        if request.headers.get("Content-Encoding", "").lower() == "gzip":
-            raw = gzip.decompress(raw)
-        if len(raw) > self.max_body_bytes:
+        if len(request.body) > self.max_body_bytes:
             return sendgrid_error(413, "content too large")
         try:
-            body = json.loads(raw)
+            body = self._parse(request)
         except ValueError:
             return sendgrid_error(400, "Bad Request")
-        request.params = body
         errors = _check(body)
         if errors:
             return _errors(400, errors)
@@ -235,12 +247,7 @@ class FakeSendGrid(FakeServer):
             s.lower() for s in self.verified_senders
         }:
             return sendgrid_error(403, _UNVERIFIED, "from")
-        recipients = [
-            r["email"]
-            for p in body["personalizations"]
-            for k in ("to", "cc", "bcc")
-            for r in p.get(k, [])
-        ]
+        recipients = _recipients(body)
         with self._lock:
             failure = next(
                 (self._fail_to[r.lower()] for r in recipients if r.lower() in self._fail_to), None
@@ -266,56 +273,36 @@ def _check(body: Any) -> list[tuple[str, str | None]]:
         errors.append((_MESSAGES.get(name or "", err.message), name))
     if errors or not isinstance(body, dict):
         return errors or [("Bad Request", None)]
-    personalizations = body["personalizations"]
+
+    def add(key: str, field: str) -> None:
+        errors.append((_MESSAGES[key], field))
+
+    personalizations, template = body["personalizations"], body.get("template_id")
     if not personalizations:
-        errors.append((_MESSAGES["personalizations"], "personalizations"))
+        add("personalizations", "personalizations")
     if not _EMAIL.match(body["from"]["email"]):
-        errors.append(("The from email does not contain a valid address.", "from.email"))
-    count = 0
+        add("from.email", "from.email")
     for i, p in enumerate(personalizations):
         if not p["to"]:
-            errors.append(
-                (
-                    "The to array is required for all personalization objects, and must "
-                    "have at least one email object with a valid email address.",
-                    f"personalizations.{i}.to",
-                )
-            )
+            add("to", f"personalizations.{i}.to")
         for kind in ("to", "cc", "bcc"):
             for j, r in enumerate(p.get(kind, [])):
-                count += 1
                 if not _EMAIL.match(r["email"]):
-                    errors.append(
-                        (
-                            "Does not contain a valid address.",
-                            f"personalizations.{i}.{kind}.{j}.email",
-                        )
-                    )
-    if count > 1000:
-        errors.append(
-            ("The total number of recipients must be no more than 1000.", "personalizations")
-        )
-    template = body.get("template_id")
-    if (
-        not template
-        and not body.get("subject")
-        and not all(p.get("subject") for p in personalizations)
-    ):
-        errors.append((_MESSAGES["subject"], "subject"))
-    content = body.get("content") or []
-    if not template and not content:
-        errors.append((_MESSAGES["content"], "content"))
-    types = [c["type"] for c in content]
-    if (
-        ("text/plain" in types
-        and types.index("text/plain") != 0)
-        or ("text/html" in types and types[0] not in ("text/plain", "text/html"))
-    ):
-        errors.append(
-            (
-                "If present, text/plain content must be first, followed by text/html "
-                "content, followed by any other content.",
-                "content",
-            )
-        )
+                    add("email", f"personalizations.{i}.{kind}.{j}.email")
+    if len(_recipients(body)) > 1000:
+        add("recipients", "personalizations")
+    if not (template or body.get("subject") or all(p.get("subject") for p in personalizations)):
+        add("subject", "subject")
+    types = [c["type"] for c in body.get("content") or []]
+    if not template and not types:
+        add("content", "content")
+    first_ok = not types or types[0] in ("text/plain", "text/html")
+    if "text/plain" in types[1:] or ("text/html" in types and not first_ok):
+        add("order", "content")
     return errors
+
+
+def _recipients(body: dict[str, Any]) -> list[str]:
+    """Every to, cc and bcc address of a valid body, in order."""
+    kinds = ("to", "cc", "bcc")
+    return [r["email"] for p in body["personalizations"] for k in kinds for r in p.get(k, [])]

@@ -1,32 +1,24 @@
 """Fake Twilio Messaging API on 127.0.0.1, for driving the real ``twilio`` SDK in tests.
 
-Serves ``POST /2010-04-01/Accounts/{AccountSid}/Messages.json`` (HTTP Basic, form body): 201 with
-the Message JSON, or an error ``{"code", "message", "more_info", "status"}`` (never ``type`` or
-``title``: twilio >= 9.10 would raise TwilioServiceException). Bodies are checked against the
-vendored CreateMessageRequest schema (``specs/``) and PROVIDERS.md: 21604 no To, 21603 neither
-From nor MessagingServiceSid, 21619 none of Body/MediaUrl/ContentSid, 21211/21212 bad To/From,
-21910 WhatsApp on one side only, 21705 bad MessagingServiceSid, 21655 bad ContentSid, 21656 bad
-ContentVariables, 21609 bad StatusCallback, 90007 ValidityPeriod outside 1-36000, 21617 Body over
-1600 characters; 401/20003 bad credentials.
+``POST /2010-04-01/Accounts/{AccountSid}/Messages.json`` (HTTP Basic, form body) answers 201 with
+the Message JSON or an error ``{"code", "message", "more_info", "status"}`` (no ``type``/``title``:
+twilio >= 9.10 would raise TwilioServiceException). Bodies are checked against the vendored
+CreateMessageRequest schema and the rules of PROVIDERS.md (``_validate`` lists the codes).
 
     with FakeTwilio(auto_callbacks=True) as fake:
         client = Client(fake.account_sid, fake.auth_token, http_client=TwilioHttpClient(timeout=5))
         client.api.base_url = fake.base_url
 
 Scripting, besides ``FakeServer``'s ``hang_next``, ``set_handler``, ``end_outage``, ``reset``:
+``fail_next(status=429, code=20429, times=1, headers=None, message=None)``;
+``fail_to(number, status=400, code=21211, message=None)``: permanent, per recipient;
+``fail_later(number, error_code=30003, status="undelivered")``: told by status callback;
+``outage(status=503, until=None, code=None)``: until ``time.monotonic()`` reaches ``until``.
 
-- ``fail_next(status=429, code=20429, times=1, headers=None, message=None)``
-- ``fail_to(number, status=400, code=21211, message=None)``: permanent per-recipient error
-- ``fail_later(number, error_code=30003, status="undelivered")``: reported by status callback
-- ``outage(status=503, until=None, code=None)``: fail everything until ``time.monotonic()``
-  reaches ``until`` (None: until ``end_outage()``)
-
-Webhooks towards the service, signed with ``auth_token``: ``sign(url, params)``,
-``post_webhook(url, params, signature=None)``, ``callback_params(sid, status, error_code=None)``,
-``post_status(sid, status, error_code=None, url=None)``, ``post_inbound(url, from_, body, ...)``.
-With ``auto_callbacks=True`` each accepted message with a StatusCallback gets ``sent`` then
-``delivered`` (``fail_later`` numbers: its status and ErrorCode; a WhatsApp Body without
-ContentSid: ``failed`` 63016); the attempts land in ``callbacks``.
+Webhooks to the service, signed with ``auth_token``: ``sign``, ``post_webhook``,
+``callback_params``, ``post_status``, ``post_inbound``. With ``auto_callbacks=True`` an accepted
+message with a StatusCallback gets ``sent`` then ``delivered`` posted (or its ``fail_later``
+status; a WhatsApp Body without ContentSid: ``failed`` 63016), recorded in ``callbacks``.
 """
 
 from __future__ import annotations
@@ -61,10 +53,7 @@ _GSM7 = set(
     "ÄÖÑÜ§¿abcdefghijklmnopqrstuvwxyzäöñüà"
 )
 _GSM7_EXT = set("^{}\\[~]|€\f")
-# fmt: off
-_FIELD_CODES = {"To": 21211, "From": 21212, "MessagingServiceSid": 21705, "ContentSid": 21655,
-                "ContentVariables": 21656, "StatusCallback": 21609, "MediaUrl": 21620}
-# fmt: on
+_FIELD_CODES = {"MessagingServiceSid": 21705, "ContentSid": 21655, "ValidityPeriod": 90007}
 _DEFAULT_CODES = {401: 20003, 404: 20404, 405: 20004, 429: 20429, 500: 20500, 503: 20503}
 _WA = "whatsapp:"
 
@@ -124,13 +113,9 @@ class FakeTwilio(FakeServer):
     """Fake Twilio Messaging API; see the module docstring for behaviour and scripting."""
 
     def __init__(
-        self,
-        account_sid: str | None = None,
-        auth_token: str | None = None,
-        *,
-        auto_callbacks: bool = False,
-        service_sender: str = "+15017122661",
-    ) -> None:
+        self, account_sid: str | None = None, auth_token: str | None = None, *,
+        auto_callbacks: bool = False, service_sender: str = "+15017122661",
+    ) -> None:  # fmt: skip
         super().__init__()
         self.account_sid = account_sid or _sid("AC")
         self.auth_token = auth_token or secrets.token_hex(16)
@@ -262,6 +247,11 @@ class FakeTwilio(FakeServer):
                 self.callbacks.append(attempt)
 
     # request processing -------------------------------------------------------------------
+    def _parse(self, request: RecordedRequest) -> dict[str, Any]:
+        form = parse_qs(request.body.decode(errors="replace"), keep_blank_values=True)
+        arrays = {k for k, v in SCHEMA["properties"].items() if v["type"] == "array"}
+        return {k: (v if k in arrays else v[0]) for k, v in form.items()}
+
     def _process(self, request: RecordedRequest) -> Reply:
         match = _PATH.match(request.path)
         not_found = f"The requested resource {request.path} was not found"
@@ -274,9 +264,7 @@ class FakeTwilio(FakeServer):
             return twilio_error(405, 20004, "Method not allowed")
         if match["sid"] != self.account_sid:
             return twilio_error(404, 20404, not_found)
-        form = parse_qs(request.body.decode(errors="replace"), keep_blank_values=True)
-        arrays = {k for k, v in SCHEMA["properties"].items() if v["type"] == "array"}
-        params = request.params = {k: (v if k in arrays else v[0]) for k, v in form.items()}
+        params = request.params or {}
         error = _validate(params)
         if error is not None:
             return error
@@ -358,8 +346,7 @@ def _validate(params: dict[str, Any]) -> Reply | None:
         return _bad(21212, f"Invalid 'From' Phone Number: {sender}")
     if sender and sender.startswith(_WA) != to.startswith(_WA):
         return _bad(21910, "Invalid 'From' and 'To' pair. They should be of the same channel")
-    host = urlsplit(callback or "").hostname or "_"
-    if callback is not None and (urlsplit(callback).scheme not in ("http", "https") or "_" in host):
+    if callback is not None and not _good_url(callback):
         return _bad(21609, f"The StatusCallback URL {callback} is not a valid URL.")
     if validity is not None and not 1 <= int(validity) <= 36000:
         return _bad(90007, "Invalid validity period value: must be 1 to 36000 seconds")
@@ -368,6 +355,15 @@ def _validate(params: dict[str, Any]) -> Reply | None:
     if len(params.get("Body") or "") > 1600:
         return _bad(21617, "The concatenated message body exceeds the 1600 character limit")
     return None
+
+
+def _good_url(url: str) -> bool:
+    """http(s) with a hostname without underscores, as Twilio requires of StatusCallback."""
+    try:
+        parts = urlsplit(url)
+        return parts.scheme in ("http", "https") and "_" not in (parts.hostname or "_")
+    except ValueError:
+        return False
 
 
 def _bad(code: int, message: str) -> Reply:
