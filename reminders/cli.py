@@ -4,16 +4,24 @@
 from __future__ import annotations
 
 import datetime as dt
-from collections.abc import Callable
+import functools
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from typing import Any
 
 import click
+from pydantic import SecretStr
+from sqlalchemy.engine import make_url
+from sqlalchemy.exc import ArgumentError, DBAPIError, NoSuchModuleError
 
 from reminders import migrate as migrations
 from reminders.channels.registry import build_senders, channel_status
 from reminders.logs import configure as configure_logging
+from reminders.logs import get_logger
 from reminders.runtime import Runtime, build_runtime
-from reminders.settings import ConfigError, Settings, load_settings
+from reminders.settings import ConfigError, Settings, env_name, load_settings
+
+log = get_logger("reminders.cli")
 
 
 def _settings(**overrides: Any) -> Settings:
@@ -24,11 +32,52 @@ def _settings(**overrides: Any) -> Settings:
 
 
 def _runtime(settings: Settings, *, channels: bool = True) -> Runtime:
-    configure_logging(settings.log_level, settings.log_format)
+    _check_database_url(settings.database_url)
+    configure_logging(settings.log_level, settings.log_format, _secrets(settings))
     try:
         return build_runtime(settings, build_senders(settings) if channels else {})
     except ConfigError as exc:
         raise click.ClickException(f"configuration: {exc}") from None
+
+
+def _check_database_url(url: str) -> None:
+    """A URL that SQLAlchemy can use with an installed driver, or one line naming the variable
+    (never the URL itself: it may hold a password)."""
+    try:
+        make_url(url).get_dialect().import_dbapi()
+        return
+    except ArgumentError:
+        problem = "not a database URL (e.g. postgresql+psycopg://user:password@host:5432/db)"
+    except NoSuchModuleError:
+        kind = url.partition(":")[0]
+        problem = f"unknown kind of database {kind!r} (use postgresql+psycopg:// or sqlite://)"
+    except ImportError as exc:
+        problem = f"its database driver is not installed ({exc.name})"
+    raise click.ClickException(f"configuration: {env_name('database_url')}: {problem}")
+
+
+def _secrets(settings: Settings) -> list[str]:
+    """Values that no log line may show: every secret setting, and the password of each
+    database URL."""
+    values = [v.get_secret_value() for _, v in settings if isinstance(v, SecretStr)]
+    return [*values, *(_password(v) for v in [settings.database_url, *values] if "://" in v)]
+
+
+def _password(url: str) -> str:
+    try:
+        return make_url(url).password or ""
+    except ArgumentError:
+        return ""
+
+
+@contextmanager
+def _database_errors() -> Iterator[None]:
+    """A database that cannot be used ends the command with one line, not a traceback."""
+    try:
+        yield
+    except DBAPIError as exc:
+        message = f"{env_name('database_url')}: cannot use the database: {migrations.describe(exc)}"
+        raise click.ClickException(message) from None
 
 
 @click.group()
@@ -39,11 +88,12 @@ def main() -> None:
 
 @main.command()
 def migrate() -> None:
-    """Upgrade the database to the newest schema."""
-    settings = _settings()
-    runtime = _runtime(settings, channels=False)
-    migrations.upgrade(runtime.engine)
-    click.echo(f"database at {migrations.current_revision(runtime.engine)} (head)")
+    """Upgrade the database to the newest schema (waiting for the database to come up)."""
+    runtime = _runtime(_settings(), channels=False)
+    engine = runtime.engine
+    with _database_errors():
+        migrations.when_available(engine, lambda: migrations.upgrade(engine))
+        log.info("schema_at_head", revision=migrations.current_revision(engine))
     runtime.close()
 
 
@@ -82,9 +132,10 @@ def tick(now: dt.datetime | None) -> None:
 
 @main.command()
 def run() -> None:
-    """Run the service: scheduler and HTTP server, until SIGTERM or SIGINT."""
+    """Run the service: scheduler and HTTP server, until SIGTERM or SIGINT. Waits for the
+    database to come up first; then an outage only pauses the work (``/readyz`` says so)."""
     runtime = _runtime(_settings())
-    _require_schema(runtime)
+    _require_schema(runtime, wait=True)
     _serve(runtime)
 
 
@@ -102,7 +153,7 @@ def _serve(runtime: Runtime, banner: Callable[[], None] | None = None) -> None:
         port=s.http_port,
         log_config=None,
         access_log=False,
-        timeout_graceful_shutdown=5,
+        timeout_graceful_shutdown=3,  # then up to 5 s for sends in flight: out within 10 s
     )
     server = uvicorn.Server(config)
     service.start()
@@ -111,12 +162,19 @@ def _serve(runtime: Runtime, banner: Callable[[], None] | None = None) -> None:
     try:
         server.run()  # returns on SIGTERM / SIGINT
     finally:
-        service.stop()
+        try:
+            service.stop()
+        except DBAPIError as exc:  # the database is away: the claims' leases will run out
+            log.error("claims_not_given_back", error=migrations.describe(exc))
         runtime.close()
 
 
-def _require_schema(runtime: Runtime) -> None:
-    if not migrations.at_head(runtime.engine):
+def _require_schema(runtime: Runtime, *, wait: bool = False) -> None:
+    """The schema must be at head; with ``wait``, an unreachable database is waited for."""
+    check = functools.partial(migrations.at_head, runtime.engine)
+    with _database_errors():
+        ready = migrations.when_available(runtime.engine, check) if wait else check()
+    if not ready:
         raise click.ClickException("the database schema is not at head: run `reminders migrate`")
 
 

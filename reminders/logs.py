@@ -1,11 +1,40 @@
-"""Structured logging, with the helpers that keep contact data out of it."""
+"""Structured logging, with the helpers that keep contact data and secrets out of it.
+
+Every record (ours, the SDKs', uvicorn's, alembic's) leaves as one line on stderr: JSON by
+default, or a readable form for people (``REMINDERS_LOG_FORMAT=console``). Code masks contact
+data where it logs it (:func:`mask_phone`, :func:`mask_email`); the :class:`Redactor` at the
+sink is the safety net for what code did not think of (an exception text, an SDK's message):
+it blanks the configured secret values, masks E.164 numbers and email addresses, and drops the
+bound parameters that SQLAlchemy puts into its error messages.
+"""
 
 from __future__ import annotations
 
 import logging
+import re
 import sys
+from collections.abc import Iterable, Mapping, MutableMapping
+from typing import Any
 
 import structlog
+
+# The least each library logs at, whatever REMINDERS_LOG_LEVEL says: the SDKs log request lines
+# (phone numbers in URLs, message bodies) at INFO, SQLAlchemy logs every statement's parameters
+# once INFO is on, python-multipart logs form fields at DEBUG. APScheduler warns on every tick
+# that finds the previous one still running, which is what coalescing is for.
+_FLOORS = {
+    "twilio.http_client": logging.WARNING,
+    "python_http_client": logging.WARNING,
+    "urllib3": logging.WARNING,
+    "sqlalchemy": logging.WARNING,
+    "multipart": logging.WARNING,
+    "python_multipart": logging.WARNING,
+    "apscheduler": logging.ERROR,
+}
+_PHONE = re.compile(r"(?<![\w*])\+\d{7,15}\b")
+_EMAIL = re.compile(r"[\w.%+-]+@[A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)*\.[A-Za-z]{2,}")
+_SQL_PARAMETERS = re.compile(r"\[parameters: .*?\](?=\n|$)", re.DOTALL)
+_MIN_SECRET = 4  # shorter values would blank ordinary words
 
 
 def mask_phone(number: str | None) -> str:
@@ -29,8 +58,51 @@ def mask_address(channel: str, address: str | None) -> str:
     return mask_email(address) if channel == "email" else mask_phone(address)
 
 
-def configure(level: str = "INFO", fmt: str = "json") -> None:
-    """JSON lines (or a readable console form) on stderr, one line per event."""
+class Redactor:
+    """A structlog processor that scrubs every string value of an event."""
+
+    def __init__(self, secrets: Iterable[str] = ()) -> None:
+        values = {s for s in secrets if s and len(s) >= _MIN_SECRET}
+        self._secrets = sorted(values, key=len, reverse=True)  # a secret inside another
+
+    def scrub(self, text: str) -> str:
+        for secret in self._secrets:
+            text = text.replace(secret, "***")
+        text = _SQL_PARAMETERS.sub("[parameters: hidden]", text)
+        text = _EMAIL.sub(lambda m: mask_email(m.group()), text)
+        return _PHONE.sub(lambda m: mask_phone(m.group()), text)
+
+    def __call__(
+        self, _logger: Any, _method: str, event: MutableMapping[str, Any]
+    ) -> Mapping[str, Any]:
+        return {key: self._clean(value) for key, value in event.items()}
+
+    def _clean(self, value: Any) -> Any:
+        if isinstance(value, str):
+            return self.scrub(value)
+        if isinstance(value, int | float | bool) or value is None:
+            return value
+        if isinstance(value, Mapping):
+            return {key: self._clean(item) for key, item in value.items()}
+        if isinstance(value, list | tuple | set):
+            return [self._clean(item) for item in value]
+        return self.scrub(str(value))
+
+
+class _AlembicChatter(logging.Filter):
+    """Alembic says which dialect it uses each time the schema version is read (every
+    ``/readyz``); the lines about actual upgrades stay."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = str(record.msg)
+        return not message.startswith(("Context impl", "Will assume"))
+
+
+_ALEMBIC_FILTER = _AlembicChatter()
+
+
+def configure(level: str = "INFO", fmt: str = "json", secrets: Iterable[str] = ()) -> None:
+    """One line per event on stderr at ``level``, with ``secrets`` never written out."""
     renderer: structlog.typing.Processor = (
         structlog.processors.JSONRenderer()
         if fmt == "json"
@@ -49,16 +121,24 @@ def configure(level: str = "INFO", fmt: str = "json") -> None:
         wrapper_class=structlog.stdlib.BoundLogger,
         cache_logger_on_first_use=True,
     )
-    handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(
-        structlog.stdlib.ProcessorFormatter(foreign_pre_chain=shared, processor=renderer)
+    formatter = structlog.stdlib.ProcessorFormatter(
+        foreign_pre_chain=shared,
+        processors=[
+            structlog.stdlib.ProcessorFormatter.remove_processors_meta,
+            Redactor(secrets),
+            renderer,
+        ],
     )
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(formatter)
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level)
-    # The SDKs log request lines (with phone numbers in URLs and bodies) at INFO.
-    for noisy in ("twilio.http_client", "python_http_client", "apscheduler", "urllib3"):
-        logging.getLogger(noisy).setLevel(max(logging.WARNING, logging.getLevelName(level)))
+    for name, floor in _FLOORS.items():
+        logging.getLogger(name).setLevel(max(floor, logging.getLevelName(level)))
+    migration = logging.getLogger("alembic.runtime.migration")
+    if _ALEMBIC_FILTER not in migration.filters:
+        migration.addFilter(_ALEMBIC_FILTER)
 
 
 def get_logger(name: str) -> structlog.stdlib.BoundLogger:

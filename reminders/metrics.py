@@ -64,3 +64,29 @@ class Metrics:
             ["channel"],
             registry=r,
         )
+        self.in_doubt = Gauge(
+            "reminders_in_doubt",
+            "Reminders whose last send may or may not have reached the provider.",
+            registry=r,
+        )
+        self.webhook_events = Counter(
+            "reminders_webhook_events",
+            "Provider webhook events handled, by what they came to "
+            "(applied, ignored, duplicate, unknown, settled_sent, fallback, retry, opt_out...).",
+            ["source", "outcome"],
+            registry=r,
+        )
+        self.opt_outs = Counter(
+            "reminders_opt_outs",
+            "Channels stopped (or restarted) by a patient or a provider.",
+            ["channel", "source", "action"],
+            registry=r,
+        )
+        self.replies = Counter(
+            "reminders_inbound_replies", "Messages from patients.", ["channel", "kind"], registry=r
+        )
+
+    def set_depths(self, *, due: int, in_doubt: int) -> None:
+        """Queue gauges, read from the database by whoever looked (housekeeping, a scrape)."""
+        self.due_depth.set(due)
+        self.in_doubt.set(in_doubt)

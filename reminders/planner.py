@@ -8,14 +8,15 @@ earlier one loses its unsent reminders (``superseded``).
 from __future__ import annotations
 
 import datetime as dt
+import threading
 
 from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
-from reminders import queries
+from reminders import protocol_store, queries
 from reminders.logs import get_logger
 from reminders.models import Patient, Treatment
-from reminders.planning import plan, usable_channels
+from reminders.planning import plan, schedule, usable_channels
 from reminders.runtime import Runtime
 
 log = get_logger(__name__)
@@ -60,24 +61,43 @@ def _plan_latest(
         return queries.cancel_open(session, "inactive", treatment_ids=[treatment.id])
     if not usable_channels(patient):
         return queries.cancel_open(session, "no_channel", treatment_ids=[treatment.id])
+    # A step a staff edit removed from the protocol is not sent any more.
+    dropped = queries.cancel_open(
+        session,
+        "protocol_changed",
+        treatment_ids=[treatment.id],
+        steps_not=[s.name for s in protocol.steps],
+    )
     planned = plan(treatment.administered_on, protocol, patient, runtime.timing, now=now)
     written = queries.plan(session, treatment, planned)
+    cycle = schedule(treatment.administered_on, protocol, patient, runtime.timing)
+    written += queries.cancel_outdated(session, treatment.id, cycle)
     if written:
         runtime.metrics.planned.labels(protocol.code).inc(written)
-    return written
+    return written + dropped
 
 
-def plan_pending(runtime: Runtime, *, now: dt.datetime, batch: int = 500) -> int:
-    """Plan every group with a changed treatment, a batch per transaction. Returns groups."""
+def plan_pending(
+    runtime: Runtime,
+    *,
+    now: dt.datetime,
+    batch: int = 500,
+    stop: threading.Event | None = None,
+) -> int:
+    """Plan every group with a changed treatment, a batch per transaction, until ``stop`` is
+    set (the rest waits for the next pass). Returns groups."""
     done = 0
-    while True:
+    with runtime.sessions() as session:
+        protocol_store.refresh(session, runtime)  # staff edits from any replica
+    while stop is None or not stop.is_set():
         with runtime.sessions() as session, session.begin():
             groups = queries.treatments_to_plan(session, batch)
             for patient_id, protocol in groups:
                 plan_group(session, runtime, patient_id, protocol, now=now)
         done += len(groups)
         if len(groups) < batch:
-            return done
+            break
+    return done
 
 
 def mark_patient_changed(session: Session, patient_id: int) -> None:

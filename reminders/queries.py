@@ -25,12 +25,13 @@ from reminders.models import (
     Reminder,
     ReminderStatus,
     Treatment,
+    WebhookEvent,
 )
 from reminders.planning import PlannedReminder
 
 RS = ReminderStatus
 # Cancellations that a later plan may undo (the reason went away); staff and sent ones stay.
-REVERSIBLE_REASONS = ("superseded", "inactive", "no_channel", "deleted")
+REVERSIBLE_REASONS = ("superseded", "inactive", "no_channel", "deleted", "replanned")
 
 
 def _insert(session: Session) -> Any:
@@ -68,6 +69,38 @@ def plan(session: Session, treatment: Treatment, planned: Sequence[PlannedRemind
             row.due_at, row.expires_at, row.next_attempt_at = p.due_at, p.expires_at, p.due_at
             written += 1
     return written
+
+
+def cancel_outdated(
+    session: Session, treatment_id: int, schedule: Sequence[PlannedReminder]
+) -> int:
+    """Cancel (``replanned``) the pending reminders of a treatment that its current schedule no
+    longer has at those times: its date was corrected, the patient's zone or lead changed, or
+    the protocol lost the step. Call after :func:`plan` has moved the ones still ahead."""
+    current = {(p.step, p.due_at, p.expires_at) for p in schedule}
+    pending = session.scalars(
+        select(Reminder).where(Reminder.treatment_id == treatment_id, Reminder.status == RS.PENDING)
+    )
+    outdated = [r for r in pending if (r.step, r.due_at, r.expires_at) not in current]
+    for row in outdated:
+        row.status, row.reason = RS.CANCELLED, "replanned"
+    return len(outdated)
+
+
+def superseded(session: Session, treatment: Treatment) -> bool:
+    """Whether a later live treatment of the same patient and protocol exists (the order the
+    planner uses: date administered, then id)."""
+    later = or_(
+        Treatment.administered_on > treatment.administered_on,
+        and_(Treatment.administered_on == treatment.administered_on, Treatment.id > treatment.id),
+    )
+    newer = select(Treatment.id).where(
+        Treatment.patient_id == treatment.patient_id,
+        Treatment.protocol == treatment.protocol,
+        Treatment.deleted_at.is_(None),
+        later,
+    )
+    return session.scalar(newer.limit(1)) is not None
 
 
 def _reopenable(row: Reminder) -> bool:
@@ -163,29 +196,29 @@ def finish(session: Session, reminder_id: int, owner: str, *, status: RS, reason
     return bool(getattr(result, "rowcount", 0))
 
 
-def release(session: Session, owner: str) -> int:
-    """Give back every reminder ``owner`` holds and has not started sending (shutdown)."""
-    sending = select(Delivery.reminder_id).where(Delivery.status == DeliveryStatus.SENDING)
-    result = session.execute(
-        update(Reminder)
-        .where(
-            Reminder.status == RS.CLAIMED,
-            Reminder.claimed_by == owner,
-            Reminder.id.not_in(sending),
-        )
-        .values(**_unclaim(status=RS.PENDING))
-    )
-    return int(getattr(result, "rowcount", 0) or 0)
+def release(
+    session: Session, owner: str, *, now: dt.datetime, grace: dt.timedelta
+) -> tuple[int, int]:
+    """Give back every reminder ``owner`` holds (shutdown): unsent ones to pending, ones with a
+    provider call in flight to in doubt, as lease recovery would. Returns (released, in_doubt)."""
+    return release_stale(session, now=now, grace=grace, owner=owner)
 
 
-def release_stale(session: Session, *, now: dt.datetime, grace: dt.timedelta) -> tuple[int, int]:
-    """Recover reminders whose claim lease ran out (their dispatcher died or hung).
+def release_stale(
+    session: Session, *, now: dt.datetime, grace: dt.timedelta, owner: str | None = None
+) -> tuple[int, int]:
+    """Recover reminders whose claim lease ran out (their dispatcher died or hung), or every
+    claim of ``owner`` when given.
 
     One with a delivery still ``sending`` may have reached the provider: it becomes *in doubt*
     and waits ``grace`` for a provider callback to settle it. The rest go back to pending.
     Returns (released, in_doubt).
     """
-    stale = select(Reminder.id).where(Reminder.status == RS.CLAIMED, Reminder.lease_until < now)
+    stale = select(Reminder.id).where(Reminder.status == RS.CLAIMED)
+    if owner is None:
+        stale = stale.where(Reminder.lease_until < now)
+    else:
+        stale = stale.where(Reminder.claimed_by == owner)
     stale_ids = list(session.scalars(stale.with_for_update(skip_locked=True)))
     if not stale_ids:
         return 0, 0
@@ -197,9 +230,8 @@ def release_stale(session: Session, *, now: dt.datetime, grace: dt.timedelta) ->
             .returning(Delivery.reminder_id)
         )
     )
-    add_events(
-        session, _deliveries_of(session, doubtful, DeliveryStatus.IN_DOUBT), "housekeeping", now
-    )
+    doubtful_deliveries = _deliveries_of(session, doubtful, DeliveryStatus.IN_DOUBT)
+    add_events(session, doubtful_deliveries, "housekeeping", now, DeliveryStatus.IN_DOUBT)
     if doubtful:
         session.execute(
             update(Reminder)
@@ -371,3 +403,141 @@ def due_depth(session: Session, now: dt.datetime) -> int:
         )
         or 0
     )
+
+
+# Provider feedback (webhooks): :mod:`reminders.feedback` decides, these statements move.
+
+
+def find_delivery(
+    session: Session, *, public_id: str | None, provider_ids: Iterable[str], channels: Iterable[str]
+) -> Delivery | None:
+    """The delivery a provider callback names (locked): by our unguessable id, else by the
+    provider's message id; only among ``channels``."""
+    base = select(Delivery).where(Delivery.channel.in_(list(channels))).order_by(Delivery.id)
+    ids = [i for i in provider_ids if i]
+    for where in (
+        Delivery.public_id == public_id if public_id else None,
+        Delivery.provider_message_id.in_(ids) if ids else None,
+    ):
+        if where is not None:
+            stmt = base.where(where).limit(1).with_for_update()
+            found = session.scalars(stmt.execution_options(populate_existing=True)).first()
+            if found is not None:
+                return found
+    return None
+
+
+def latest_delivery_id(session: Session, reminder_id: int) -> int | None:
+    latest = select(func.max(Delivery.id)).where(Delivery.reminder_id == reminder_id)
+    return session.scalar(latest)
+
+
+def advance_delivery(
+    session: Session,
+    delivery: Delivery,
+    *,
+    status: str,
+    from_statuses: Iterable[str],
+    source: str,
+    now: dt.datetime,
+    provider_id: str | None = None,
+    **values: Any,
+) -> bool:
+    """Move a delivery to ``status`` if it is in one of ``from_statuses`` (so repeated and
+    reordered callbacks never move it back), recording the event; keep the provider's id on a
+    delivery that has none (its sender died before recording it). ``values``: error columns."""
+    if provider_id and not delivery.provider_message_id:
+        session.execute(
+            update(Delivery)
+            .where(Delivery.id == delivery.id, Delivery.provider_message_id.is_(None))
+            .values(provider_message_id=provider_id[:128])
+        )
+    result = session.execute(
+        update(Delivery)
+        .where(Delivery.id == delivery.id, Delivery.status.in_(list(from_statuses)))
+        .values(status=status, updated_at=now, **values)
+    )
+    moved = bool(getattr(result, "rowcount", 0))
+    if moved:
+        add_events(session, [delivery.id], source, now, status, values.get("error_code"))
+    return moved
+
+
+def confirm_sent(
+    session: Session,
+    reminder_id: int,
+    *,
+    from_statuses: Iterable[str],
+    channel: str,
+    now: dt.datetime,
+) -> bool:
+    """A provider says the reminder's attempt went out: it is sent, whoever held it."""
+    result = session.execute(
+        update(Reminder)
+        .where(Reminder.id == reminder_id, Reminder.status.in_(list(from_statuses)))
+        .values(**_unclaim(status=RS.SENT, channel=channel, sent_at=now, reason=None))
+    )
+    return bool(getattr(result, "rowcount", 0))
+
+
+def reopen(
+    session: Session,
+    reminder_id: int,
+    *,
+    from_statuses: Iterable[str],
+    at: dt.datetime,
+    count_attempt: bool,
+    error: str,
+) -> bool:
+    """A provider reports a late failure: the reminder is due again at ``at`` (a retry, or a
+    fallback that the dispatcher resolves to the next channel)."""
+    values = _unclaim(
+        status=RS.PENDING, next_attempt_at=at, sent_at=None, channel=None, last_error=error[:500]
+    )
+    if count_attempt:
+        values["attempts"] = Reminder.attempts + 1
+    result = session.execute(
+        update(Reminder)
+        .where(Reminder.id == reminder_id, Reminder.status.in_(list(from_statuses)))
+        .values(**values)
+    )
+    return bool(getattr(result, "rowcount", 0))
+
+
+def conclude(
+    session: Session,
+    reminder_id: int,
+    *,
+    from_statuses: Iterable[str],
+    status: RS,
+    reason: str | None,
+    error: str,
+) -> bool:
+    """End a reminder after a late failure (failed or expired), or only note the error
+    (``status`` sent: it was accepted, and it is too late to try again)."""
+    values = _unclaim(status=status, last_error=error[:500])
+    if reason is not None:
+        values["reason"] = reason
+    result = session.execute(
+        update(Reminder)
+        .where(Reminder.id == reminder_id, Reminder.status.in_(list(from_statuses)))
+        .values(**values)
+    )
+    return bool(getattr(result, "rowcount", 0))
+
+
+def first_seen(session: Session, source: str, event_id: str, now: dt.datetime) -> bool:
+    """Record a provider event id; False when it was already processed (a repeat)."""
+    stmt = (
+        _insert(session)(WebhookEvent)
+        .values(source=source, event_id=event_id[:128], received_at=now)
+        .on_conflict_do_nothing()
+        .returning(WebhookEvent.id)
+    )
+    return session.execute(stmt).first() is not None
+
+
+def in_doubt_depth(session: Session) -> int:
+    """How many reminders wait for a provider's word after a crash (a gauge for ops)."""
+    count = select(func.count()).select_from(Reminder).where(Reminder.status == RS.IN_DOUBT)
+    return int(session.scalar(count) or 0)

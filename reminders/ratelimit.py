@@ -27,14 +27,16 @@ class RateLimiter:
         self._next = 0.0
         self._lock = threading.Lock()
 
-    def acquire(self) -> float:
-        """Wait for this caller's slot; returns the seconds waited."""
+    def acquire(self, stop: threading.Event | None = None) -> float:
+        """Wait for this caller's slot (or until ``stop`` is set); returns the seconds due."""
         with self._lock:
             now = self._clock()
             slot = max(now, self._next)
             self._next = slot + self.interval
         wait = slot - now
-        if wait > 0:
+        if wait > 0 and stop is not None:
+            stop.wait(wait)
+        elif wait > 0:
             self._sleep(wait)
         return wait
 

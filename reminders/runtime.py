@@ -34,6 +34,13 @@ class Runtime:
     senders: dict[str, Sender] = field(default_factory=dict)
     metrics: Metrics = field(default_factory=Metrics)
     clock: Clock = system_clock
+    # protocols.yaml as read at start; `protocols` is this with staff edits on top
+    # (reminders.protocol_store.refresh).
+    config_protocols: dict[str, Protocol] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if not self.config_protocols:
+            self.config_protocols = dict(self.protocols)
 
     @property
     def timing(self) -> Timing:

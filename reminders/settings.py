@@ -6,6 +6,8 @@ Read once, at start, by the composition root (:mod:`reminders.cli`), into a froz
 
 from __future__ import annotations
 
+import base64
+import binascii
 import datetime as dt
 import os
 import tomllib
@@ -13,9 +15,13 @@ import zoneinfo
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Literal
+from urllib.parse import urlsplit
 
 import phonenumbers
 from babel import Locale, UnknownLocaleError
+from cryptography.exceptions import UnsupportedAlgorithm
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ec
 from pydantic import (
     AliasChoices,
     BaseModel,
@@ -52,6 +58,11 @@ class Settings(BaseModel):
     public_url: str | None = _env(None, "REMINDERS_PUBLIC_URL", "public_url")
     secret_key: SecretStr | None = _env(None, "REMINDERS_SECRET_KEY", "secret_key")
     api_token: SecretStr | None = _env(None, "REMINDERS_API_TOKEN", "api_token")
+    # The clinic's own database to sync from (reminders.importing.sync): environment only.
+    sync_database_url: SecretStr | None = _env(
+        None, "REMINDERS_SYNC_DATABASE_URL", "sync_database_url"
+    )
+    sync_interval: float = _env(300.0, "REMINDERS_SYNC_INTERVAL", "sync_interval")
     clinic_country: str = _env("TR", "REMINDERS_CLINIC_COUNTRY", "clinic_country")
     clinic_timezone: str = _env("Europe/Istanbul", "REMINDERS_CLINIC_TIMEZONE", "clinic_timezone")
     clinic_name: str = _env("the clinic", "REMINDERS_CLINIC_NAME", "clinic_name")
@@ -77,6 +88,9 @@ class Settings(BaseModel):
     lease_seconds: int = _env(300, "REMINDERS_LEASE_SECONDS", "lease_seconds")
     in_doubt_grace_seconds: int = _env(
         900, "REMINDERS_IN_DOUBT_GRACE_SECONDS", "in_doubt_grace_seconds"
+    )
+    webhook_max_age_seconds: int = _env(
+        600, "REMINDERS_WEBHOOK_MAX_AGE_SECONDS", "webhook_max_age_seconds"
     )
     max_attempts: int = _env(12, "REMINDERS_MAX_ATTEMPTS", "max_attempts")
     retry_base_seconds: float = _env(30.0, "REMINDERS_RETRY_BASE_SECONDS", "retry_base_seconds")
@@ -139,6 +153,7 @@ class Settings(BaseModel):
         "whatsapp_rate",
         "retry_base_seconds",
         "retry_max_seconds",
+        "sync_interval",
     )
     @classmethod
     def _positive(cls, value: float) -> float:
@@ -154,6 +169,38 @@ class Settings(BaseModel):
         if value <= 0:
             raise ValueError("must be greater than 0")
         return value
+
+    @validator("webhook_max_age_seconds")
+    @classmethod
+    def _positive_age(cls, value: int) -> int:
+        if value <= 0:
+            raise ValueError("must be greater than 0")
+        return value
+
+    @validator("public_url")
+    @classmethod
+    def _base_url(cls, value: str | None) -> str | None:
+        """Providers sign the exact URL they call, so this must be one: scheme, host, no query."""
+        if not value:
+            return None
+        parts = urlsplit(value.strip())
+        if parts.scheme not in ("http", "https") or not parts.netloc or parts.query:
+            raise ValueError(f"{value!r} is not a base URL like https://reminders.example.org")
+        return value.strip().rstrip("/")
+
+    @validator("sendgrid_webhook_public_key")
+    @classmethod
+    def _ec_public_key(cls, value: str | None) -> str | None:
+        """The signed event webhook's verification key: base64 DER of a P-256 public key."""
+        if not value:
+            return None
+        try:
+            key = serialization.load_der_public_key(base64.b64decode(value.strip(), validate=True))
+        except (ValueError, binascii.Error, UnsupportedAlgorithm):
+            key = None
+        if not isinstance(key, ec.EllipticCurvePublicKey):
+            raise ValueError("not a base64 ECDSA public key (SendGrid Event Webhook settings)")
+        return value.strip()
 
     @model_validator(mode="after")
     def _window_in_order(self) -> Settings:
@@ -211,6 +258,8 @@ def _read_file(path: Path) -> dict[str, Any]:
     unknown = sorted(set(data) - set(Settings.model_fields))
     if unknown:
         raise ConfigError(f"{path}: unknown setting(s) {', '.join(unknown)}")
+    if "sync_database_url" in data:  # it holds the source's credentials
+        raise ConfigError(f"{path}: sync_database_url comes from REMINDERS_SYNC_DATABASE_URL only")
     return data
 
 

@@ -4,7 +4,9 @@ Every sender implements :class:`Sender`. Provider SDK exceptions never leave a s
 become a :class:`ChannelError` whose ``kind`` tells the engine what to do::
 
     ChannelError
-    ├── TRANSIENT      retry the same channel later (429, 5xx, timeouts, connection errors)
+    ├── TRANSIENT      retry the same channel later (429, 5xx, connection refused, connect timeout)
+    ├── IN_DOUBT       the request went out but no answer came back (read timeout): the
+    │                  provider may have accepted it, so it waits for a callback, not a retry
     ├── PERMANENT      this address will never work: fall back to the next channel
     ├── OPTED_OUT      the recipient said STOP at the provider: record it, fall back
     └── MISCONFIGURED  our credentials or sender are wrong: pause the channel, alert, no retry storm
@@ -13,7 +15,9 @@ become a :class:`ChannelError` whose ``kind`` tells the engine what to do::
 from __future__ import annotations
 
 import enum
+from collections.abc import Mapping
 from dataclasses import dataclass, field
+from email.utils import parsedate_to_datetime  # not `import email`: a submodule is named so
 from typing import Any, Protocol
 
 from reminders.templating import Rendered
@@ -21,6 +25,7 @@ from reminders.templating import Rendered
 
 class ErrorKind(enum.StrEnum):
     TRANSIENT = "transient"
+    IN_DOUBT = "in_doubt"
     PERMANENT = "permanent"
     OPTED_OUT = "opted_out"
     MISCONFIGURED = "misconfigured"
@@ -75,3 +80,22 @@ class Sender(Protocol):
     channel: str
 
     def send(self, message: OutboundMessage) -> Receipt: ...
+
+
+def retry_after(headers: Mapping[str, str] | None, now: float) -> float | None:
+    """Seconds a provider asked us to wait: ``Retry-After`` (seconds or an HTTP date), else
+    ``X-RateLimit-Reset`` (epoch seconds); ``now`` is the wall clock (``time.time()``)."""
+    if not headers:
+        return None
+    raw = (headers.get("Retry-After") or "").strip()
+    if raw:
+        if raw.isdigit():
+            return float(raw)
+        try:
+            return max(parsedate_to_datetime(raw).timestamp() - now, 0.0)
+        except (TypeError, ValueError):
+            pass
+    reset = (headers.get("X-RateLimit-Reset") or "").strip()
+    if reset.isdigit():
+        return max(float(reset) - now, 0.0)
+    return None

@@ -1,0 +1,2 @@
+def run(ctx, backend):
+    raise NotImplementedError

@@ -1,0 +1,100 @@
+"""The benchmark report: one line per figure, ``figure | measured | target | PASS/FAIL``.
+
+Lines are printed as soon as a figure is measured (a long run shows progress), and again, in
+issue order, in the summary at the end. Notes (query plans, sizes, build times) go to the same
+stream, indented, so the report can be pasted whole into the issue.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from dataclasses import dataclass, field
+from typing import TextIO
+
+PASS, FAIL, INFO = "PASS", "FAIL", "INFO"
+
+
+@dataclass(frozen=True)
+class Figure:
+    """One measured figure; ``passed`` None means it has no target (shown as INFO)."""
+
+    number: int
+    name: str
+    measured: str
+    target: str
+    passed: bool | None
+    backend: str
+
+    @property
+    def verdict(self) -> str:
+        if self.passed is None:
+            return INFO
+        return PASS if self.passed else FAIL
+
+    def line(self) -> str:
+        return f"{self.number} {self.name} [{self.backend}] | {self.measured} | {self.target} | {self.verdict}"
+
+
+@dataclass
+class Report:
+    """Collects figures and notes; prints them as they come."""
+
+    out: TextIO = field(default_factory=lambda: sys.stdout)
+    figures: list[Figure] = field(default_factory=list)
+    started: float = field(default_factory=time.monotonic)
+
+    def figure(
+        self,
+        number: int,
+        name: str,
+        measured: str,
+        target: str,
+        passed: bool | None,
+        backend: str,
+    ) -> Figure:
+        fig = Figure(number, name, measured, target, passed, backend)
+        self.figures.append(fig)
+        self._print(fig.line())
+        return fig
+
+    def note(self, text: str) -> None:
+        for line in text.rstrip().splitlines():
+            self._print(f"    {line}")
+
+    def section(self, title: str) -> None:
+        elapsed = time.monotonic() - self.started
+        self._print(f"\n== {title} (at {elapsed:.0f} s)")
+
+    def summary(self) -> int:
+        """Print every figure in issue order; the number of failed figures."""
+        elapsed = time.monotonic() - self.started
+        self._print(f"\n== summary ({elapsed:.0f} s in all)")
+        self._print("figure | measured | target | PASS/FAIL")
+        for fig in sorted(self.figures, key=lambda f: (f.number, f.backend != "postgresql")):
+            self._print(fig.line())
+        failed = sum(1 for f in self.figures if f.passed is False)
+        passed = sum(1 for f in self.figures if f.passed)
+        self._print(f"{passed} passed, {failed} failed, {elapsed:.0f} s")
+        return failed
+
+    def _print(self, text: str) -> None:
+        self.out.write(text + "\n")
+        self.out.flush()
+
+
+def ms(seconds: float) -> str:
+    return f"{seconds * 1000:.1f} ms"
+
+
+def rate(count: float, seconds: float) -> float:
+    return count / seconds if seconds > 0 else float("inf")
+
+
+def percentile(values: list[float], q: float) -> float:
+    """The ``q``-th percentile (0-100), nearest rank: at least q% of values are <= it."""
+    if not values:
+        return float("nan")
+    ordered = sorted(values)
+    rank = max(1, -(-len(ordered) * q // 100))  # ceil without floats
+    return ordered[int(rank) - 1]

@@ -1,0 +1,1 @@
+"""Helpers for the tests that run ``reminders`` as separate processes, as ops do."""

@@ -1,0 +1,358 @@
+"""End to end: patients and treatments in the database, ``Dispatcher.run_once`` with the real
+senders (real twilio and sendgrid SDKs) pointed at the fake providers; every class of provider
+answer, with the reminder's and the delivery's final state."""
+
+from __future__ import annotations
+
+import base64
+import datetime as dt
+import json
+import logging
+import time
+from collections import Counter
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
+
+import icalendar
+import pytest
+from sqlalchemy import select
+from structlog.testing import capture_logs
+
+from reminders.channels.registry import build_senders
+from reminders.dispatch import Dispatcher
+from reminders.models import Consent, Delivery, Patient, Reminder, Template
+from reminders.planner import plan_pending
+from reminders.runtime import Runtime, build_runtime
+from reminders.settings import Settings
+from tests import factories
+from tests.conftest import empty_database
+from tests.fakes import FakeSendGrid, FakeTwilio
+from tests.fakes.twilio import num_segments
+from tests.provider_setup import CONTENT_SID, PUBLIC_URL, provider_settings
+
+NOW = dt.datetime(2026, 3, 4, 8, 0, tzinfo=dt.UTC)  # 11:00 in Istanbul
+TREATED = NOW.date() - dt.timedelta(days=84)  # chronic_migraine: the window opens today
+RECIPIENT_FIELD = "personalizations.0.to.0.email"
+
+
+@pytest.fixture
+def twilio() -> Iterator[FakeTwilio]:
+    with FakeTwilio() as fake:
+        yield fake
+
+
+@pytest.fixture
+def sendgrid() -> Iterator[FakeSendGrid]:
+    with FakeSendGrid() as fake:
+        yield fake
+
+
+@pytest.fixture
+def live(settings: Settings, twilio: FakeTwilio, sendgrid: FakeSendGrid) -> Iterator[Runtime]:
+    """A runtime whose senders are built from settings naming the fakes."""
+    yield from runtime_for(provider_settings(settings, twilio, sendgrid, sms_rate=50.0))
+
+
+def runtime_for(settings: Settings) -> Iterator[Runtime]:
+    rt = build_runtime(settings, build_senders(settings))
+    try:
+        yield rt
+    finally:
+        empty_database(rt)
+        rt.close()
+
+
+def due_patient(rt: Runtime, **fields: Any) -> int:
+    """A patient whose `due` reminder is due at NOW; returns the patient id."""
+    with rt.sessions() as s, s.begin():
+        patient = factories.patient(s, **fields)
+        factories.treatment(s, patient, TREATED)
+        patient_id = patient.id
+    plan_pending(rt, now=NOW)
+    return patient_id
+
+
+def dispatch(rt: Runtime, now: dt.datetime = NOW) -> Counter[str]:
+    dispatcher = Dispatcher(rt, "test")
+    try:
+        return dispatcher.run_once(now=now)
+    finally:
+        dispatcher.close()
+
+
+def due_reminder(rt: Runtime, patient_id: int) -> tuple[Reminder, list[Delivery]]:
+    with rt.sessions() as s:
+        reminder = s.scalars(
+            select(Reminder).where(Reminder.patient_id == patient_id, Reminder.step == "due")
+        ).one()
+        deliveries = list(
+            s.scalars(
+                select(Delivery).where(Delivery.reminder_id == reminder.id).order_by(Delivery.id)
+            )
+        )
+        s.expunge_all()
+    return reminder, deliveries
+
+
+@contextmanager
+def log_events(caplog: pytest.LogCaptureFixture) -> Iterator[list[dict[str, Any]]]:
+    """Structured log events, whether structlog is unconfigured or routed through logging
+    (as ``reminders.logs.configure`` does for the CLI)."""
+    events: list[dict[str, Any]] = []
+    with caplog.at_level(logging.INFO), capture_logs() as captured:
+        yield events
+    events.extend(captured)
+    events.extend(r.msg for r in caplog.records if isinstance(r.msg, dict))
+
+
+def approve_whatsapp_template(rt: Runtime) -> None:
+    with rt.sessions() as s, s.begin():
+        s.add(
+            Template(
+                step="due",
+                channel="whatsapp",
+                language="en",
+                version=1,
+                text="{{ patient.given_name }}, your visit is due from {{ window.open | date }}.",
+                content_sid=CONTENT_SID,
+                variables={"1": "{{ patient.given_name }}", "2": "{{ window.open | date }}"},
+                author="staff@example.org",
+            )
+        )
+
+
+# accepted ----------------------------------------------------------------------------------
+
+
+def test_a_turkish_sms_is_sent_and_recorded_with_its_ucs2_segments(live, twilio) -> None:
+    pid = due_patient(live, language="tr", channels="sms")
+    assert dispatch(live) == Counter(sent=1)
+    reminder, [delivery] = due_reminder(live, pid)
+    [message] = twilio.messages
+    assert "ı" in message.body  # the Turkish default template
+    assert (reminder.status, reminder.channel) == ("sent", "sms")
+    assert (delivery.status, delivery.provider_message_id) == ("queued", message.sid)
+    assert delivery.details == {"segments": num_segments(message.body), "encoding": "UCS-2"}
+    assert delivery.details["segments"] == int(message.resource["num_segments"]) >= 2
+    status_url = f"{PUBLIC_URL}/webhooks/twilio/status?d={delivery.public_id}"
+    assert message.status_callback == status_url
+
+
+def test_an_email_carries_our_ids_keeps_the_message_id_and_the_window(live, sendgrid) -> None:
+    pid = due_patient(live, channels="email")
+    dispatch(live)
+    reminder, [delivery] = due_reminder(live, pid)
+    [mail] = sendgrid.mails
+    custom_args = mail.body["personalizations"][0]["custom_args"]
+    assert custom_args == {"delivery": delivery.public_id, "reminder": str(reminder.id)}
+    assert (reminder.status, reminder.channel) == ("sent", "email")
+    assert (delivery.status, delivery.provider_message_id) == ("accepted", mail.message_id)
+    [attachment] = mail.body["attachments"]
+    [event] = icalendar.Calendar.from_ical(base64.b64decode(attachment["content"])).walk("VEVENT")
+    assert event.decoded("dtstart") == TREATED + dt.timedelta(days=84)
+    assert event.decoded("dtend") == TREATED + dt.timedelta(days=121)  # closes at +120, inclusive
+
+
+def test_a_whatsapp_reminder_is_its_approved_template_without_a_body(live, twilio) -> None:
+    approve_whatsapp_template(live)
+    pid = due_patient(live, channels="whatsapp", whatsapp="+905321230001")
+    dispatch(live)
+    reminder, [delivery] = due_reminder(live, pid)
+    [message] = twilio.messages
+    assert "Body" not in message.params
+    assert message.params["ContentSid"] == CONTENT_SID
+    assert json.loads(message.params["ContentVariables"]) == {"1": "Ayşe", "2": "March 4, 2026"}
+    assert message.to == "whatsapp:+905321230001"
+    assert (reminder.status, delivery.provider_message_id) == ("sent", message.sid)
+
+
+def test_whatsapp_without_an_approved_template_sends_no_free_text(live, twilio) -> None:
+    pid = due_patient(live, channels="whatsapp|sms", whatsapp="+905321230002")
+    dispatch(live)
+    reminder, deliveries = due_reminder(live, pid)
+    assert [(d.channel, d.status, d.error_code) for d in deliveries] == [
+        ("whatsapp", "failed", "template"),
+        ("sms", "queued", None),
+    ]
+    assert [m.to for m in twilio.messages] == [deliveries[1].address]
+    assert reminder.channel == "sms"
+
+
+# permanent for this address: fall back --------------------------------------------------------
+
+
+@pytest.mark.parametrize("code", [21211, 21614, 21408])
+def test_it_falls_back_to_email_when_the_number_is_refused(live, twilio, sendgrid, code) -> None:
+    pid = due_patient(live, channels="sms|email")
+    reminder, _ = due_reminder(live, pid)
+    with live.sessions() as s:
+        twilio.fail_to(s.get_one(Patient, pid).phone or "", code=code)
+    dispatch(live)
+    reminder, deliveries = due_reminder(live, pid)
+    assert [(d.channel, d.status, d.permanent, d.error_code) for d in deliveries] == [
+        ("sms", "failed", True, str(code)),
+        ("email", "accepted", False, None),
+    ]
+    assert (reminder.status, reminder.channel) == ("sent", "email")
+    assert len(sendgrid.mails) == 1
+
+
+def test_a_number_not_on_whatsapp_falls_back_to_sms(live, twilio) -> None:
+    approve_whatsapp_template(live)
+    pid = due_patient(live, channels="whatsapp|sms", whatsapp="+905321230003")
+    twilio.fail_to("whatsapp:+905321230003", code=63003)
+    dispatch(live)
+    reminder, deliveries = due_reminder(live, pid)
+    assert [(d.channel, d.status, d.permanent) for d in deliveries] == [
+        ("whatsapp", "failed", True),
+        ("sms", "queued", False),
+    ]
+    assert (reminder.status, reminder.channel) == ("sent", "sms")
+
+
+def test_an_address_sendgrid_rejects_falls_back_to_sms(live, twilio, sendgrid) -> None:
+    pid = due_patient(live, channels="email|sms", email="gone@example.com")
+    sendgrid.fail_to("gone@example.com", 400, "Does not contain a valid address.", RECIPIENT_FIELD)
+    dispatch(live)
+    reminder, deliveries = due_reminder(live, pid)
+    assert [(d.channel, d.status, d.permanent, d.error_code) for d in deliveries] == [
+        ("email", "failed", True, "400"),
+        ("sms", "queued", False, None),
+    ]
+    assert (reminder.status, reminder.channel) == ("sent", "sms")
+
+
+def test_every_channel_refusing_the_patient_fails_the_reminder(live, twilio, sendgrid) -> None:
+    pid = due_patient(live, channels="sms|email", email="gone@example.com")
+    with live.sessions() as s:
+        twilio.fail_to(s.get_one(Patient, pid).phone or "", code=21614)
+    sendgrid.fail_to("gone@example.com", 400, "Does not contain a valid address.", RECIPIENT_FIELD)
+    dispatch(live)
+    reminder, deliveries = due_reminder(live, pid)
+    assert [(d.channel, d.permanent) for d in deliveries] == [("sms", True), ("email", True)]
+    assert (reminder.status, reminder.reason) == ("failed", "all_channels_failed")
+
+
+# opted out --------------------------------------------------------------------------------------
+
+
+def test_a_stop_at_twilio_records_the_opt_out_and_falls_back(live, twilio, sendgrid) -> None:
+    pid = due_patient(live, channels="sms|email")
+    with live.sessions() as s:
+        twilio.fail_to(s.get_one(Patient, pid).phone or "", code=21610)
+    dispatch(live)
+    reminder, deliveries = due_reminder(live, pid)
+    assert [(d.channel, d.status, d.error_code) for d in deliveries] == [
+        ("sms", "failed", "21610"),
+        ("email", "accepted", None),
+    ]
+    with live.sessions() as s:
+        consent = s.scalars(
+            select(Consent).where(Consent.patient_id == pid, Consent.channel == "sms")
+        ).one()
+    assert (consent.opted_out_at, consent.opt_out_source) == (NOW, "provider")
+    assert (reminder.status, reminder.channel) == ("sent", "email")
+
+
+# transient: retried later, no sooner than asked ------------------------------------------------
+
+
+def test_a_twilio_429_reschedules_no_sooner_than_its_retry_after(live, twilio, sendgrid) -> None:
+    pid = due_patient(live, channels="sms|email")
+    twilio.fail_next(429, 20429, headers={"Retry-After": "7200"})  # beyond the backoff cap
+    assert dispatch(live) == Counter(retry=1)
+    reminder, [delivery] = due_reminder(live, pid)
+    assert (reminder.status, reminder.attempts) == ("pending", 1)
+    assert reminder.next_attempt_at >= NOW + dt.timedelta(seconds=7200)
+    assert (delivery.status, delivery.permanent, delivery.error_code) == ("failed", False, "20429")
+    assert sendgrid.mails == []  # a transient failure does not fall back
+
+
+def test_a_sendgrid_429_reschedules_no_sooner_than_the_reset(live, sendgrid) -> None:
+    pid = due_patient(live, channels="email")
+    reset = int(time.time()) + 7200
+    sendgrid.fail_next(429, headers={"X-RateLimit-Reset": str(reset)})
+    dispatch(live)
+    asked = reset - time.time()
+    reminder, [delivery] = due_reminder(live, pid)
+    assert (reminder.status, reminder.attempts) == ("pending", 1)
+    assert reminder.next_attempt_at >= NOW + dt.timedelta(seconds=asked)
+    assert (delivery.status, delivery.error_code) == ("failed", "429")
+
+
+@pytest.mark.parametrize(("status", "code"), [(500, 20500), (503, 20503)])
+def test_a_server_error_is_retried_later_on_the_same_channel(live, twilio, status, code) -> None:
+    pid = due_patient(live, channels="sms")
+    twilio.fail_next(status, code)
+    dispatch(live)
+    reminder, [delivery] = due_reminder(live, pid)
+    assert (reminder.status, reminder.attempts) == ("pending", 1)
+    assert reminder.next_attempt_at > NOW
+    assert (delivery.status, delivery.error_code) == ("failed", str(code))
+    assert not delivery.permanent
+    dispatch(live, reminder.next_attempt_at)
+    reminder, deliveries = due_reminder(live, pid)
+    assert [d.status for d in deliveries] == ["failed", "queued"]
+    assert reminder.status == "sent"
+
+
+def test_a_provider_that_does_not_answer_leaves_it_in_doubt_not_retried(
+    settings, twilio, sendgrid
+) -> None:
+    for rt in runtime_for(provider_settings(settings, twilio, sendgrid, provider_timeout=0.5)):
+        pid = due_patient(rt, channels="email|sms")
+        sendgrid.hang_next(3.0)
+        assert dispatch(rt) == Counter(in_doubt=1)
+        reminder, [delivery] = due_reminder(rt, pid)
+        grace = dt.timedelta(seconds=rt.settings.in_doubt_grace_seconds)
+        assert (reminder.status, reminder.attempts, reminder.claimed_by) == ("in_doubt", 0, None)
+        assert reminder.next_attempt_at == NOW + grace
+        assert (delivery.status, delivery.error_code) == ("in_doubt", "no_answer")
+        assert twilio.requests == []  # no fallback either: the mail may have gone out
+
+
+# misconfigured: pause, alert, no retry storm -------------------------------------------------
+
+
+def test_bad_twilio_credentials_pause_sms_alert_and_spare_the_provider(
+    settings, twilio, sendgrid, caplog
+) -> None:
+    wrong = provider_settings(settings, twilio, sendgrid, sms_rate=50.0, twilio_auth_token="0" * 32)
+    for rt in runtime_for(wrong):
+        ids = [due_patient(rt, channels="sms") for _ in range(12)]
+        dispatcher = Dispatcher(rt, "test")
+        with log_events(caplog) as logs:
+            dispatcher.run_once(now=NOW)
+            later = NOW + dt.timedelta(minutes=16)
+            dispatcher.run_once(now=later)  # still paused: nothing is sent
+        dispatcher.close()
+        assert 1 <= len(twilio.requests) <= rt.settings.dispatch_concurrency
+        assert all(r.status == 401 for r in twilio.requests)
+        paused = rt.metrics.registry.get_sample_value(
+            "reminders_channel_paused", {"channel": "sms"}
+        )
+        assert paused == 1
+        assert any(e["event"] == "channel_paused" and e["channel"] == "sms" for e in logs)
+        for pid in ids:
+            reminder, deliveries = due_reminder(rt, pid)
+            assert (reminder.status, reminder.attempts) == ("pending", 0)
+            assert reminder.next_attempt_at > later
+            assert all(d.error_code == "20003" and not d.permanent for d in deliveries)
+
+
+def test_an_unverified_sender_pauses_email_and_the_reminder_goes_by_sms(settings, twilio) -> None:
+    with FakeSendGrid(verified_senders={"someone-else@example.org"}) as sendgrid:
+        for rt in runtime_for(provider_settings(settings, twilio, sendgrid, sms_rate=50.0)):
+            pid = due_patient(rt, channels="email|sms")
+            dispatch(rt)
+            reminder, deliveries = due_reminder(rt, pid)
+            assert [(d.channel, d.status, d.permanent, d.error_code) for d in deliveries] == [
+                ("email", "failed", False, "403"),
+                ("sms", "queued", False, None),
+            ]
+            assert (reminder.status, reminder.channel) == ("sent", "sms")
+            paused = rt.metrics.registry.get_sample_value(
+                "reminders_channel_paused", {"channel": "email"}
+            )
+            assert paused == 1
