@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import os
+import warnings
+from typing import Any
 
-from sqlalchemy import Connection
+from sqlalchemy import Connection, Index
+from sqlalchemy import exc as sa_exc
 
 from alembic import context
 from reminders.db import make_engine
@@ -14,12 +17,29 @@ config = context.config
 target_metadata = Base.metadata
 
 
+# SQLite cannot reflect expression indexes (lower(name)), so autogenerate cannot compare
+# them there; PostgreSQL can. Revision 0002 creates them on both.
+warnings.filterwarnings(
+    "ignore", "Skipped unsupported reflection of expression-based index", sa_exc.SAWarning
+)
+warnings.filterwarnings(
+    "ignore", "autogenerate skipping metadata-specified expression-based index", UserWarning
+)
+
+
+def _comparable(obj: Any, _name: str | None, type_: str, _reflected: bool, _other: Any) -> bool:
+    if type_ == "index" and context.get_context().dialect.name == "sqlite":
+        return not (isinstance(obj, Index) and any(not hasattr(c, "name") for c in obj.expressions))
+    return True
+
+
 def _configure(connection: Connection) -> None:
     context.configure(
         connection=connection,
         target_metadata=target_metadata,
         render_as_batch=connection.dialect.name == "sqlite",
         compare_type=True,
+        include_object=_comparable,
     )
 
 

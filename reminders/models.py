@@ -24,6 +24,7 @@ from sqlalchemy import (
     String,
     Text,
     UniqueConstraint,
+    func,
     text,
 )
 from sqlalchemy.orm import Mapped, mapped_column, relationship
@@ -70,6 +71,11 @@ def _uuid() -> str:
 
 class Patient(Base):
     __tablename__ = "patients"
+    __table_args__ = (
+        # Name search in the console is a prefix range on lower(name): index-served.
+        Index("ix_patients_given_name_lower", func.lower(text("given_name"))),
+        Index("ix_patients_family_name_lower", func.lower(text("family_name"))),
+    )
 
     id: Mapped[int] = mapped_column(primary_key=True)
     external_id: Mapped[str] = mapped_column(String(128), unique=True)
