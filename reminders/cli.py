@@ -35,9 +35,11 @@ def _runtime(settings: Settings, *, channels: bool = True) -> Runtime:
     _check_database_url(settings.database_url)
     configure_logging(settings.log_level, settings.log_format, _secrets(settings))
     try:
-        return build_runtime(settings, build_senders(settings) if channels else {})
+        runtime = build_runtime(settings)  # the config folder first: its error is the one line
+        runtime.senders.update(build_senders(settings) if channels else {})
     except ConfigError as exc:
         raise click.ClickException(f"configuration: {exc}") from None
+    return runtime
 
 
 def _check_database_url(url: str) -> None:

@@ -22,7 +22,7 @@ from typing import Any, TypeVar
 
 from sqlalchemy import ColumnElement, any_, bindparam, insert, select, update
 from sqlalchemy.dialects.postgresql import ARRAY
-from sqlalchemy.orm import Session
+from sqlalchemy.orm import QueryableAttribute, Session
 
 from reminders import consents
 from reminders.models import Channel, Consent, Patient, Reminder, ReminderStatus, Treatment
@@ -93,7 +93,7 @@ def chunks(items: Sequence[T], size: int = CHUNK) -> Iterator[Sequence[T]]:
 
 
 def among(
-    session: Session, column: ColumnElement[Any], values: Sequence[Any]
+    session: Session, column: QueryableAttribute[Any], values: Sequence[Any]
 ) -> ColumnElement[bool]:
     """``column IN values``; on PostgreSQL ``= ANY(array)`` with one parameter, so a lookup of
     thousands of values stays a short statement (the driver parses every statement's text)."""
@@ -354,6 +354,8 @@ def _settled_groups(
     """Groups of new treatments that planning would leave alone: no treatment of theirs is
     stored yet (so no reminder to supersede) and the latest one's steps are all past. A
     history import is mostly these, and skipping them keeps it fast."""
+    if not new:
+        return set()
     latest: dict[tuple[int, str], dt.date] = {}
     for row in new:
         group = (row["patient_id"], row["protocol"])

@@ -41,6 +41,8 @@ def seed_due(engine: Engine, count: int, channels: str, now: dt.datetime) -> lis
     with Session(engine) as s, s.begin():
         for _ in range(count):
             patient = factories.patient(s, channels=channels, timezone=midday_zone(now))
+            if channels == "whatsapp":
+                patient.whatsapp = patient.phone
             treatment = factories.treatment(s, patient, dt.date(2025, 1, 1), needs_plan=False)
             reminder = Reminder(
                 treatment_id=treatment.id,
@@ -119,7 +121,8 @@ def count(
     """The counts, and the reminders that went out more than once."""
     with Session(engine) as s:
         ids = [d.reminder_id for d in due]
-        status = dict(s.execute(select(Reminder.id, Reminder.status).where(Reminder.id.in_(ids))))
+        rows = s.execute(select(Reminder.id, Reminder.status).where(Reminder.id.in_(ids)))
+        status = {rid: st for rid, st in rows}
     sent = [d for d in due if status.get(d.reminder_id) == "sent" and got[d.address] >= 1]
     twice = [d for d in due if got[d.address] > 1]
     extra = sum(got[d.address] - 1 for d in twice)

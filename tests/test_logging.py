@@ -94,12 +94,13 @@ def test_the_log_level_comes_from_the_environment(runtime, twilio, tmp_path) -> 
         ("REMINDERS_LOG_LEVEL", "LOUD"),
         ("REMINDERS_CLINIC_TIMEZONE", "Mars/Olympus_Mons"),
         ("REMINDERS_DATABASE_URL", f"postgres://ops:{DB_PASSWORD}@db/reminders"),
+        ("REMINDERS_CONFIG_DIR", "/nonexistent/config"),
     ],
 )
 def test_a_wrong_setting_stops_the_service_with_one_line_naming_it(
     variable, value, tmp_path
 ) -> None:
-    env = base_env(REMINDERS_CONFIG_DIR=str(CONFIG), **{variable: value})
+    env = base_env(**{"REMINDERS_CONFIG_DIR": str(CONFIG), variable: value})
     result = _run(["run"], env, tmp_path)
 
     assert result.returncode == 1

@@ -448,7 +448,7 @@ def test_the_service_syncs_on_its_interval_when_a_source_is_set(
         while time.monotonic() < deadline and _count(runtime, Treatment) < 3:
             time.sleep(0.1)
     finally:
-        service.stop()
+        _stop(service)
         runtime.close()
     assert _count(synced, Treatment) == 3
 
@@ -459,7 +459,15 @@ def test_the_service_has_no_sync_job_without_a_source(runtime: Runtime) -> None:
     try:
         assert service.scheduler.get_job("sync") is None
     finally:
-        service.stop()
+        _stop(service)
+
+
+def _stop(service: Service) -> None:
+    """Stop the service and wait for the jobs it started to let go of the database."""
+    service.stop()
+    deadline = time.monotonic() + 30
+    while service.runtime.engine.pool.checkedout() and time.monotonic() < deadline:  # type: ignore[attr-defined]
+        time.sleep(0.05)
 
 
 def _count(runtime: Runtime, model: type) -> int:

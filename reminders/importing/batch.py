@@ -18,6 +18,7 @@ from reminders.records import InvalidRecordError, Rules, TreatmentRecord, as_tex
 from reminders.upsert import patient_ids
 
 R = TypeVar("R")
+PROGRESS_STEP = 1000
 
 
 @dataclass(frozen=True)
@@ -63,16 +64,21 @@ class Checked(Generic[R]):
 
 
 def check_rows(
-    rows: Sequence[RawRow], parse: Callable[[Mapping[str, object], Rules], R], rules: Rules
+    rows: Sequence[RawRow],
+    parse: Callable[[Mapping[str, object], Rules], R],
+    rules: Rules,
+    progress: Callable[[int], None] | None = None,
 ) -> Checked[R]:
-    """Parse every row and flag repeated external ids."""
+    """Parse every row and flag repeated external ids (``progress`` hears every 1,000 rows)."""
     checked: Checked[R] = Checked()
     errors: list[RowError] = []
-    for row in rows:
+    for index, row in enumerate(rows, start=1):
         try:
             checked.records.append((row.number, parse(row.values, rules)))
         except InvalidRecordError as exc:
             errors += [RowError(row.number, row.where, p.field, p.reason) for p in exc.problems]
+        if progress and (index % PROGRESS_STEP == 0 or index == len(rows)):
+            progress(index % PROGRESS_STEP or PROGRESS_STEP)
     checked.drop([*errors, *_repeats(rows)])
     return checked
 

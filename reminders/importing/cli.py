@@ -52,7 +52,7 @@ def _run(kind: Kind, file: Path, dry_run: bool, skip_invalid: bool) -> None:
     try:
         _require_schema(runtime)
         rows, row_errors = read_rows(file, kind)
-        with _progress(len(rows), kind) as progress:
+        with _progress(len(rows) + len(row_errors), kind) as progress:
             report = import_rows(
                 runtime,
                 kind,
@@ -75,7 +75,8 @@ def _progress(rows: int, kind: Kind) -> Iterator[Progress | None]:
     if rows < PROGRESS_ROWS:
         yield None
         return
-    with click.progressbar(length=rows, label=f"importing {kind}", file=sys.stderr) as bar:
+    label = f"importing {kind}"
+    with click.progressbar(length=2 * rows, label=label, file=sys.stderr) as bar:
         yield bar.update
 
 

@@ -38,11 +38,13 @@ from reminders.upsert import Counts, Outcome, upsert_patients, upsert_treatments
 
 Kind = Literal["patients", "treatments"]
 DELIMITERS = (",", ";", "\t")
-WRITE_CHUNK = 5000
+WRITE_CHUNK = 1000  # records per upsert call: the progress bar moves this often
 COLUMNS: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {  # (required, optional)
     "patients": (PATIENT_FIELDS, PATIENT_OPTIONAL_FIELDS),
     "treatments": (TREATMENT_FIELDS, ()),
 }
+# Hears each step forward: every row once when checked, then once when written (or skipped),
+# so an import is 2 x rows steps in all.
 Progress = Callable[[int], None]
 R = TypeVar("R")
 
@@ -189,15 +191,17 @@ def import_rows(
 ) -> Report:
     """Import rows read by :func:`read_rows`."""
     report = Report(kind, rows=len(rows) + len(row_errors))
+    if progress and row_errors:
+        progress(len(row_errors))  # checked already: they do not fit the header
     with runtime.sessions() as session, session.begin() as transaction:
         protocol_store.refresh(session, runtime)
         rules = Rules.of(runtime.settings, runtime.protocols, now)
         if kind == "patients":
-            patients = check_rows(rows, parse_patient, rules)
+            patients = check_rows(rows, parse_patient, rules, progress)
             _finish(patients, row_errors, report, skip_invalid)
             _write(report, patients, progress, _patient_writer(session, runtime, now))
         else:
-            treatments = check_rows(rows, parse_treatment, rules)
+            treatments = check_rows(rows, parse_treatment, rules, progress)
             drop_unknown_patients(session, treatments, rows)
             _finish(treatments, row_errors, report, skip_invalid)
             _write(report, treatments, progress, _treatment_writer(session, runtime, now))
@@ -231,6 +235,9 @@ def _write(
         report.counts.add(write(chunk))
         if progress:
             progress(len(chunk))
+    skipped = report.rows - len(records)
+    if progress and skipped:
+        progress(skipped)
     report.written = True
 
 

@@ -1,2 +1,182 @@
-def run(ctx, backend):
-    raise NotImplementedError
+"""Figure 1: ``reminders import`` rows per second, patients first, then their treatments.
+
+The CSV files look like a clinic's export: patients with national or E.164 numbers, consents,
+languages; each patient's treatments 91 days apart, the latest within the last 91 days (so the
+import plans their current cycles), the file in order of administration. Each import runs as
+the real command in its own process; the run is one transaction, so a run stopped at the time
+limit leaves nothing behind, and its rate is read from the command's own progress bar (shown
+because stderr is a terminal, a pseudo-terminal here).
+"""
+
+from __future__ import annotations
+
+import csv
+import datetime as dt
+import os
+import pty
+import re
+import resource
+import select
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from tests.perf.children import child_env
+from tests.perf.clinic import FAMILY, GIVEN
+from tests.perf.context import Context
+from tests.perf.databases import CONFIG, ROOT
+
+TARGET_RATE = 20_000.0
+PROTOCOLS = ("chronic_migraine", "cervical_dystonia", "upper_limb_spasticity", "myofascial_pain")
+_PERCENT = re.compile(rb"(\d+)%")
+
+
+@dataclass(frozen=True)
+class Run:
+    rows: int
+    seconds: float
+    done: int  # rows imported (all, or as far as the progress bar got before the time limit)
+    finished: bool
+    peak_mb: float
+    output: str
+
+    @property
+    def rate(self) -> float:
+        return self.done / self.seconds if self.seconds else 0.0
+
+
+def run(ctx: Context, backend: str) -> None:
+    s = ctx.sizes
+    patients = write_patients(ctx.scratch / "patients.csv", s.import_patients)
+    treatments = write_treatments(ctx.scratch / "treatments.csv", s.import_patients, s.import_treatments)
+    limit = time_limit(ctx)
+    with ctx.database(backend, "import") as url:
+        first = import_file(url, "patients", patients, s.import_patients, limit)
+        _note(ctx, "patients", first)
+        second = import_file(url, "treatments", treatments, s.import_treatments, limit)
+        _note(ctx, "treatments", second)
+    for kind, result in (("patients", first), ("treatments", second)):
+        measured = f"{result.rate:,.0f} rows/s ({result.rows:,} rows"
+        if result.finished:
+            measured += f" in {result.seconds:.1f} s)"
+        else:
+            measured += f": {result.done:,} done when stopped at {result.seconds:.0f} s)"
+        ctx.report.figure(
+            1,
+            f"import {kind} ({result.rows:,} rows)",
+            measured + f", peak RSS {result.peak_mb:.0f} MB",
+            f">= {TARGET_RATE:,.0f} rows/s" if kind == "treatments" else "(no target)",
+            result.finished and result.rate >= TARGET_RATE if kind == "treatments" else None,
+            backend,
+        )
+
+
+def time_limit(ctx: Context) -> float:
+    """Long enough to show the target is met (with a margin), short enough for the run."""
+    return max(60.0, 1.5 * ctx.sizes.import_treatments / TARGET_RATE)
+
+
+def _note(ctx: Context, kind: str, result: Run) -> None:
+    tail = result.output.strip().splitlines()[-1:] if result.output.strip() else []
+    ctx.report.note(f"reminders import {kind}: {' '.join(tail)[-200:]}")
+
+
+def write_patients(path: Path, count: int) -> Path:
+    with path.open("w", newline="", encoding="utf-8") as f:
+        out = csv.writer(f)
+        out.writerow(
+            "external_id,given_name,family_name,email,phone,whatsapp,language,timezone,channels,"
+            "consent_email,consent_sms,consent_whatsapp,travel_lead_days".split(",")
+        )
+        for i in range(1, count + 1):
+            national = i % 3 == 0  # clinics type numbers as they are spoken
+            number = f"0532 {i // 10_000 % 1000:03d} {i % 10_000:04d}" if national else f"+90532{i:07d}"
+            out.writerow(
+                [
+                    f"IP{i:08d}", GIVEN[i % len(GIVEN)], FAMILY[i // len(GIVEN) % len(FAMILY)],
+                    f"ip{i:08d}@example.com", number, "", "tr" if i % 4 == 0 else "en",
+                    "" if i % 5 else "Europe/Berlin", "sms|email", "yes", "yes", "",
+                    14 if i % 10 == 0 else 0,
+                ]
+            )  # fmt: skip
+    return path
+
+
+def write_treatments(path: Path, patients: int, count: int) -> Path:
+    """``count`` treatments of ``patients`` patients, in order of administration."""
+    today = dt.date.today()
+    per = max(1, count // patients)
+    rows = []
+    for n in range(count):
+        p, generation = n % patients + 1, per - 1 - n // patients
+        offset = (p * 37) % 91 + 91 * generation
+        rows.append((today - dt.timedelta(days=offset), p))
+    rows.sort()
+    with path.open("w", newline="", encoding="utf-8") as f:
+        out = csv.writer(f)
+        out.writerow(
+            "external_id,patient_external_id,protocol,administered_on,product,units,location".split(",")
+        )
+        for n, (day, p) in enumerate(rows, start=1):
+            out.writerow(
+                [f"IT{n:09d}", f"IP{p:08d}", PROTOCOLS[p % len(PROTOCOLS)], day.isoformat(),
+                 "onabotulinumtoxinA", "155", "Istanbul"]
+            )  # fmt: skip
+    return path
+
+
+def import_file(url: str, kind: str, path: Path, rows: int, limit: float) -> Run:
+    """``reminders import KIND FILE`` with stderr on a pseudo-terminal; stopped at ``limit``."""
+    env = child_env() | {
+        "REMINDERS_DATABASE_URL": url,
+        "REMINDERS_CONFIG_DIR": str(CONFIG),
+        "COLUMNS": "100",
+    }
+    leader, follower = pty.openpty()
+    command = [sys.executable, "-m", "reminders", "import", kind, str(path)]
+    started = time.monotonic()
+    proc = subprocess.Popen(
+        command, cwd=ROOT, env=env, stdout=follower, stderr=follower, stdin=subprocess.DEVNULL
+    )
+    os.close(follower)
+    output, ended = _follow(leader, proc.pid, started + limit)
+    seconds = time.monotonic() - started
+    if ended is None:
+        proc.terminate()
+        ended = os.wait4(proc.pid, 0)
+    proc.returncode = os.waitstatus_to_exitcode(ended[1])  # reaped here, not by Popen
+    os.close(leader)
+    finished = seconds < limit
+    text = output.decode(errors="replace")
+    if finished and proc.returncode != 0:
+        raise RuntimeError(f"reminders import {kind} failed ({proc.returncode}):\n{text[-2000:]}")
+    percents = _PERCENT.findall(output)
+    done = rows if finished else rows * int(percents[-1]) // 100 if percents else 0
+    return Run(rows, seconds, done, finished, ended[2].ru_maxrss / 1024, _last_line(text))
+
+
+Ended = tuple[int, int, "resource.struct_rusage"]
+
+
+def _follow(fd: int, pid: int, deadline: float) -> tuple[bytes, Ended | None]:
+    """Everything written to the terminal until the process ends (with its exit status and
+    resource usage) or the deadline passes (None)."""
+    chunks: list[bytes] = []
+    while time.monotonic() < deadline:
+        ready, _, _ = select.select([fd], [], [], 0.2)
+        if ready:
+            try:
+                chunks.append(os.read(fd, 65536))
+            except OSError:  # the process closed the terminal
+                pass
+        ended = os.wait4(pid, os.WNOHANG)
+        if ended[0] == pid:
+            return b"".join(chunks), ended
+    return b"".join(chunks), None
+
+
+def _last_line(text: str) -> str:
+    lines = [line.strip() for line in re.split(r"[\r\n]+", text) if line.strip()]
+    return "\n".join(lines[-2:])

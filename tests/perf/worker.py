@@ -1,0 +1,139 @@
+"""A benchmark's child process: ``python -m tests.perf.worker '{json}'``.
+
+Modes:
+- ``drain``: a :class:`reminders.dispatch.Dispatcher` sends every due reminder, with the
+  console channel (``sender: console``, written to /dev/null) or the real Twilio SMS channel
+  (``sender: twilio``, pointed at a fake), logging as ``reminders run`` does (JSON on stderr).
+- ``bare``: the bare ``twilio`` SDK creates ``count`` messages from ``threads`` threads.
+
+It prints ``{"ready": true}`` once set up, waits for a line on stdin (so several workers start
+together), works, then prints one JSON line: counts, wall-clock start and end, and its peak
+resident memory (``ru_maxrss``).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import os
+import resource
+import sys
+import threading
+import time
+from collections import Counter
+from typing import Any
+
+from reminders.channels import Sender
+from reminders.channels.console import ConsoleSender
+from reminders.channels.registry import build_senders
+from reminders.dispatch import Dispatcher
+from reminders.logs import configure
+from reminders.runtime import Runtime, build_runtime
+from reminders.service import process_owner
+from tests.perf.databases import settings_for
+
+SMS_FROM = "+15005550006"
+BODY = "Ayşe, your next visit at the clinic is possible from 18 Feb 2026. Please book. Reply STOP to opt out."
+
+
+def twilio_settings(fake: dict[str, str]) -> dict[str, Any]:
+    return {
+        "delivery_mode": "live",
+        "twilio_account_sid": fake["account_sid"],
+        "twilio_auth_token": fake["auth_token"],
+        "twilio_api_base_url": fake["base_url"],
+        "twilio_sms_from": SMS_FROM,
+        "provider_timeout": 10.0,
+    }
+
+
+def runtime_for_worker(args: dict[str, Any]) -> Runtime:
+    overrides: dict[str, Any] = {
+        "sms_rate": 1_000_000.0,
+        "email_rate": 1_000_000.0,
+        "whatsapp_rate": 1_000_000.0,
+        "log_format": "json",
+        "dispatch_concurrency": args.get("threads", 4),
+        "dispatch_batch_size": args.get("batch", 100),
+    }
+    if args["sender"] == "twilio":
+        overrides |= twilio_settings(args["fake"])
+    settings = settings_for(args["url"], **overrides)
+    senders: dict[str, Sender]
+    if args["sender"] == "twilio":
+        senders = build_senders(settings)
+    else:
+        sink = open(os.devnull, "w")  # noqa: SIM115 - lives as long as the process
+        senders = {"sms": ConsoleSender("sms", sink)}
+    configure(settings.log_level, settings.log_format)
+    return build_runtime(settings, senders)
+
+
+def drain(args: dict[str, Any]) -> dict[str, Any]:
+    runtime = runtime_for_worker(args)
+    dispatcher = Dispatcher(runtime, process_owner())
+    outcomes: Counter[str] = Counter()
+    started = _ready()
+    while True:
+        done = dispatcher.run_once(now=runtime.clock())
+        outcomes.update(done)
+        if not done:
+            break
+    finished = time.time()
+    dispatcher.close()
+    runtime.close()
+    return {"outcomes": dict(outcomes), "started": started, "finished": finished}
+
+
+def bare(args: dict[str, Any]) -> dict[str, Any]:
+    from twilio.http.http_client import TwilioHttpClient
+    from twilio.rest import Client
+
+    fake = args["fake"]
+    client = Client(
+        fake["account_sid"],
+        fake["auth_token"],
+        http_client=TwilioHttpClient(timeout=10.0),
+        environment={"REMINDERS_TWILIO_CONFIG": "explicit"},
+    )
+    client.api.base_url = fake["base_url"]
+    messages = client.api.v2010.account.messages
+    count, threads = args["count"], args.get("threads", 4)
+    numbers = iter(range(count))
+    lock, sent = threading.Lock(), Counter[str]()
+
+    def work() -> None:
+        while True:
+            with lock:
+                i = next(numbers, None)
+            if i is None:
+                return
+            created = messages.create(to=f"+90534{i:07d}", from_=SMS_FROM, body=BODY)
+            with lock:
+                sent[created.status] += 1
+
+    pool = [threading.Thread(target=work) for _ in range(threads)]
+    started = _ready()
+    for thread in pool:
+        thread.start()
+    for thread in pool:
+        thread.join()
+    return {"outcomes": dict(sent), "started": started, "finished": time.time()}
+
+
+def _ready() -> float:
+    print(json.dumps({"ready": True}), flush=True)
+    sys.stdin.readline()
+    return time.time()
+
+
+def main() -> None:
+    args = json.loads(sys.argv[1])
+    result = {"drain": drain, "bare": bare}[args["mode"]](args)
+    result["maxrss_kb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    result["at"] = dt.datetime.now(dt.UTC).isoformat()
+    print(json.dumps(result), flush=True)
+
+
+if __name__ == "__main__":
+    main()

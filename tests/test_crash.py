@@ -1,0 +1,233 @@
+"""``kill -9`` of ``reminders run`` at random moments while it drains 5,000 due SMS reminders
+through the fake Twilio on PostgreSQL, restarted after each kill, then left to finish.
+
+What the database and the fake provider say afterwards: every reminder went out (none lost);
+a message went out twice only for a delivery that was in flight (``sending``) at a kill, never
+more such duplicates per kill than the dispatch concurrency, and each of those deliveries was
+settled by the in-doubt rule: by the provider's late status callback (posted after every other
+restart, as a provider that accepted the message would) or, with no word within the grace
+period, ``abandoned`` and sent again. Counts are printed and kept in
+``tests/artifacts/crash_counts.json``.
+"""
+
+from __future__ import annotations
+
+import random
+import time
+from collections import Counter
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pytest
+from sqlalchemy import Engine, func, select
+from sqlalchemy.orm import Session
+
+from reminders import migrate
+from reminders.db import make_engine
+from reminders.models import Delivery, Patient, Reminder
+from tests.conftest import POSTGRES_URL, create_postgres_database, drop_postgres_database
+from tests.fakes import FakeTwilio
+from tests.fault_support import Counts, report, wait_until
+from tests.provider_setup import SMS_FROM
+from tests.support.service import BIN, ServiceProcess, due_reminder_ids, seed_due, service_env
+
+pytestmark = [
+    pytest.mark.slow,
+    pytest.mark.postgres,
+    pytest.mark.skipif(not POSTGRES_URL, reason="needs PostgreSQL (REMINDERS_TEST_POSTGRES_URL)"),
+]
+BACKLOG = 5000
+KILLS = 10
+SEED = 20260304  # the kill moments; printed with the counts
+CONCURRENCY = 8
+LEASE, GRACE = 5, 5  # seconds: REMINDERS_LEASE_SECONDS, REMINDERS_IN_DOUBT_GRACE_SECONDS
+
+
+@pytest.fixture
+def database() -> Iterator[Engine]:
+    url = create_postgres_database(POSTGRES_URL, prefix="reminders_crash")
+    engine = make_engine(url)
+    migrate.upgrade(engine)
+    yield engine
+    engine.dispose()
+    drop_postgres_database(url)
+
+
+@dataclass
+class Kill:
+    """What one ``kill -9`` cut off: the deliveries that were ``sending`` at that moment."""
+
+    after_seconds: float
+    in_doubt: dict[int, str] = field(default_factory=dict)  # delivery id -> its public id
+    reminders: set[int] = field(default_factory=set)
+    callbacks: int = 0  # late status callbacks posted for the ones the provider had
+
+
+def _service(engine: Engine, twilio: FakeTwilio, workdir: Path) -> dict[str, str]:
+    env = service_env(engine.url.render_as_string(hide_password=False))
+    public = f"http://127.0.0.1:{env['REMINDERS_HTTP_PORT']}"
+    return {
+        **env,
+        "REMINDERS_DELIVERY_MODE": "live",
+        "REMINDERS_PUBLIC_URL": public,
+        "REMINDERS_LOG_LEVEL": "WARNING",
+        "REMINDERS_DISPATCH_CONCURRENCY": str(CONCURRENCY),
+        "REMINDERS_DISPATCH_BATCH_SIZE": "100",
+        "REMINDERS_LEASE_SECONDS": str(LEASE),
+        "REMINDERS_IN_DOUBT_GRACE_SECONDS": str(GRACE),
+        "REMINDERS_PROVIDER_TIMEOUT": "5",
+        "TWILIO_ACCOUNT_SID": twilio.account_sid,
+        "TWILIO_AUTH_TOKEN": twilio.auth_token,
+        "TWILIO_SMS_FROM": SMS_FROM,
+        "TWILIO_API_BASE_URL": twilio.base_url,
+    }
+
+
+def _sending(engine: Engine, seen: set[int]) -> dict[int, tuple[int, str]]:
+    """Deliveries left ``sending`` (not already counted at an earlier kill)."""
+    with Session(engine) as s:
+        rows = s.execute(
+            select(Delivery.id, Delivery.reminder_id, Delivery.public_id).where(
+                Delivery.status == "sending"
+            )
+        ).all()
+    return {d: (r, p) for d, r, p in rows if d not in seen}
+
+
+def _post_late_callbacks(twilio: FakeTwilio, kill: Kill) -> None:
+    """The provider's word for the cut-off deliveries it had accepted: ``delivered``."""
+    by_delivery = {m.status_callback: m for m in twilio.messages if m.status_callback}
+    for public_id in kill.in_doubt.values():
+        message = next(
+            (m for url, m in by_delivery.items() if url.endswith(f"?d={public_id}")), None
+        )
+        if message is not None:
+            assert twilio.post_status(message.sid, "delivered").status == 200
+            kill.callbacks += 1
+
+
+def _unsent(engine: Engine, ids: set[int]) -> int:
+    with Session(engine) as s:
+        query = select(func.count()).where(Reminder.id.in_(ids), Reminder.status != "sent")
+        return int(s.scalar(query) or 0)
+
+
+def _final_statuses(engine: Engine, delivery_ids: set[int]) -> dict[int, str]:
+    with Session(engine) as s:
+        rows = s.execute(select(Delivery.id, Delivery.status).where(Delivery.id.in_(delivery_ids)))
+        return {i: st for i, st in rows}
+
+
+def _resent(engine: Engine, reminder_ids: set[int]) -> dict[int, list[str]]:
+    """Each reminder's delivery statuses, oldest first."""
+    with Session(engine) as s:
+        rows = s.execute(
+            select(Delivery.reminder_id, Delivery.status)
+            .where(Delivery.reminder_id.in_(reminder_ids))
+            .order_by(Delivery.id)
+        )
+        found: dict[int, list[str]] = {}
+        for rid, st in rows:
+            found.setdefault(rid, []).append(st)
+        return found
+
+
+def _run_and_kill(
+    engine: Engine, twilio: FakeTwilio, env: dict[str, str], workdir: Path
+) -> list[Kill]:
+    rng, kills, seen = random.Random(SEED), [], set()
+    for i in range(KILLS):
+        process = ServiceProcess([str(BIN / "reminders"), "run"], env, workdir, f"run{i}").start()
+        if kills and len(kills) % 2 == 0:  # every other restart, the provider's late word
+            process.wait_ready()
+            _post_late_callbacks(twilio, kills[-1])
+        _wait_until_sending(process, twilio)
+        moment = rng.uniform(0.0, 2.5)  # a random moment of the drain
+        _sleep_while_running(process, moment)
+        process.kill()
+        cut = _sending(engine, seen)
+        seen.update(cut)
+        kill = Kill(round(moment, 2), {d: p for d, (_, p) in cut.items()})
+        kill.reminders = {r for r, _ in cut.values()}
+        kills.append(kill)
+    return kills
+
+
+def _wait_until_sending(process: ServiceProcess, twilio: FakeTwilio) -> None:
+    """Until this process has sent its first message (it starts up in a few seconds)."""
+    before = len(twilio.requests)
+    process.wait_for("a send", lambda: len(twilio.requests) > before, 60)
+
+
+def _sleep_while_running(process: ServiceProcess, seconds: float) -> None:
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        assert process.running(), process.tail()
+        time.sleep(0.01)
+
+
+@pytest.mark.timeout(420)
+def test_kill_9_at_random_moments_loses_nothing_and_duplicates_only_what_was_in_doubt(
+    database, tmp_path
+) -> None:
+    ids = due_reminder_ids(database, seed_due(database, BACKLOG, prefix="crash", planned=True))
+    with FakeTwilio() as twilio:
+        env = _service(database, twilio, tmp_path)
+        kills = _run_and_kill(database, twilio, env, tmp_path)
+        last = ServiceProcess([str(BIN / "reminders"), "run"], env, tmp_path, "final").start()
+        try:
+            last.wait_ready()
+            if len(kills) % 2 == 0:
+                _post_late_callbacks(twilio, kills[-1])
+            wait_until(lambda: _unsent(database, ids) == 0, 300, "the backlog drained", 1.0)
+            exit_ = last.terminate()
+        finally:
+            last.kill()
+        got = Counter(m.to for m in twilio.messages)
+
+    phones = _phones(database, ids)
+    doubted = {d for k in kills for d in k.in_doubt}
+    doubted_reminders = {r for k in kills for r in k.reminders}
+    twice = {rid for rid, phone in phones.items() if got[phone] > 1}
+    settled = _final_statuses(database, doubted)
+    history = _resent(database, doubted_reminders)
+    counts = Counts(
+        reminders=len(ids),
+        sent=sum(1 for rid in ids if got[phones[rid]] >= 1) - _unsent(database, ids),
+        duplicated=sum(got[phones[rid]] - 1 for rid in twice),
+        lost=sum(1 for rid in ids if got[phones[rid]] == 0) + _unsent(database, ids),
+        in_doubt=len(doubted),
+    )
+    report(
+        "crash_counts",
+        "crash",
+        counts,
+        seed=SEED,
+        kills=[{"after_s": k.after_seconds, "in_doubt": len(k.in_doubt)} for k in kills],
+        settled_by_callback=sum(k.callbacks for k in kills),
+        abandoned_and_resent=sum(1 for st in settled.values() if st == "abandoned"),
+    )
+
+    assert (counts.sent, counts.lost) == (BACKLOG, 0)
+    assert twice <= doubted_reminders  # a duplicate only where a send was in flight at a kill
+    for kill in kills:
+        assert len(kill.in_doubt) <= CONCURRENCY
+        assert len(twice & kill.reminders) <= CONCURRENCY
+    assert set(settled.values()) <= {"delivered", "abandoned"}, settled
+    for rid in twice:  # the in-doubt rule sent it again: the first attempt was abandoned
+        assert history[rid][0] == "abandoned" and got[phones[rid]] == 2, history[rid]
+    for rid in doubted_reminders:  # and each one settled: a callback, or a later send
+        assert history[rid][-1] in ("delivered", "queued"), history[rid]
+    assert exit_.code == 0
+    assert sum(len(k.in_doubt) for k in kills) > 0, "no kill landed on a send in flight"
+
+
+def _phones(engine: Engine, ids: set[int]) -> dict[int, str]:
+    with Session(engine) as s:
+        rows = s.execute(
+            select(Reminder.id, Patient.phone)
+            .join(Patient, Patient.id == Reminder.patient_id)
+            .where(Reminder.id.in_(ids))
+        )
+        return {rid: phone or "" for rid, phone in rows}
