@@ -8,38 +8,42 @@ channels, consents, zone, travel lead, active) re-plans the patient's treatments
 treatment (another date, protocol or patient) takes back its unsent reminders and plans again;
 a deleted one cancels its unsent reminders.
 
-Work goes in chunks with one lookup query per chunk, not one per row, so a 100,000-row file
-costs a few hundred queries before planning.
+Work goes in chunks with one lookup query per chunk, not one per row. Brand-new (patient,
+protocol) groups, most of a first import, are planned in bulk (:mod:`reminders.importing.bulk`);
+the others one group at a time by the planner.
 """
 
 from __future__ import annotations
 
 import datetime as dt
 import enum
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from typing import Any, TypeVar
+from typing import Any
 
-from sqlalchemy import ColumnElement, any_, bindparam, insert, select, update
-from sqlalchemy.dialects.postgresql import ARRAY
-from sqlalchemy.orm import QueryableAttribute, Session
+from sqlalchemy import insert, select, update
+from sqlalchemy.orm import Session
 
 from reminders import consents
+from reminders.importing.bulk import (
+    among,
+    chunks,
+    fresh_groups,
+    latest_of,
+    patient_ids,
+    plan_fresh,
+)
 from reminders.models import Channel, Consent, Patient, Reminder, ReminderStatus, Treatment
 from reminders.planner import mark_patient_changed, plan_group
-from reminders.planning import step_date, window_for
-from reminders.protocols import Protocol
 from reminders.records import PatientRecord, TreatmentRecord
 from reminders.runtime import Runtime
 
-CHUNK = 5000  # rows per lookup or insert statement (SQLite allows 32766 parameters)
 # Patient fields that change which reminders go out, when, or whether at all.
 PLANNING_FIELDS = frozenset(
     {"email", "phone", "whatsapp", "timezone", "channels", "travel_lead_days", "active"}
 )
 # Treatment fields whose change makes the planned reminders wrong.
 CORRECTION_FIELDS = frozenset({"patient_id", "protocol", "administered_on"})
-T = TypeVar("T")
 
 
 class Outcome(enum.StrEnum):
@@ -85,34 +89,6 @@ class UnknownPatientError(LookupError):
     def __init__(self, external_ids: Sequence[str]) -> None:
         super().__init__(f"no patient with external_id {', '.join(map(repr, external_ids))}")
         self.external_ids = list(external_ids)
-
-
-def chunks(items: Sequence[T], size: int = CHUNK) -> Iterator[Sequence[T]]:
-    for start in range(0, len(items), size):
-        yield items[start : start + size]
-
-
-def among(
-    session: Session, column: QueryableAttribute[Any], values: Sequence[Any]
-) -> ColumnElement[bool]:
-    """``column IN values``; on PostgreSQL ``= ANY(array)`` with one parameter, so a lookup of
-    thousands of values stays a short statement (the driver parses every statement's text)."""
-    if session.get_bind().dialect.name == "postgresql":
-        return column == any_(bindparam(None, list(values), type_=ARRAY(column.type)))
-    return column.in_(list(values))
-
-
-def patient_ids(session: Session, external_ids: Iterable[str]) -> dict[str, int]:
-    """Stored patients' ids by external id (unknown ones are left out)."""
-    found: dict[str, int] = {}
-    for chunk in chunks(sorted(set(external_ids))):
-        rows = session.execute(
-            select(Patient.external_id, Patient.id).where(
-                among(session, Patient.external_id, chunk)
-            )
-        )
-        found.update((row[0], row[1]) for row in rows)
-    return found
 
 
 def _no_repeats(records: Sequence[PatientRecord] | Sequence[TreatmentRecord]) -> None:
@@ -318,68 +294,52 @@ def _upsert_treatment_chunk(
     owners: dict[str, int],
     now: dt.datetime,
 ) -> list[Outcome]:
-    stored = {
-        t.external_id: t
-        for t in session.scalars(
-            select(Treatment).where(
-                among(session, Treatment.external_id, [r.external_id for r in chunk])
-            )
-        )
-    }
+    stored = _stored_treatments(session, [r.external_id for r in chunk])
     groups: set[tuple[int, str]] = set()
     new: list[dict[str, Any]] = []
     outcomes = []
     for record in chunk:
         values = _treatment_values(record, owners[record.patient_external_id])
-        row = stored.get(record.external_id)
-        if row is None:
+        found = stored.get(record.external_id)
+        if found is None:
             new.append({"external_id": record.external_id, "needs_plan": True, **values})
             outcome = Outcome.CREATED
             groups.add((values["patient_id"], record.protocol))
+        elif found == (values, None):  # the same, and not deleted
+            outcome = Outcome.UNCHANGED
         else:
+            row = session.scalars(
+                select(Treatment).where(Treatment.external_id == record.external_id)
+            ).one()
             outcome = _update_treatment(session, row, values, groups)
         outcomes.append(outcome)
-    settled = _settled_groups(session, runtime, new, now)
+    fresh = fresh_groups(session, new)
+    latest = latest_of(new, fresh)
+    leftover = {g for g in fresh if runtime.protocols.get(g[1]) is None}  # the planner logs it
     for values in new:
-        values["needs_plan"] = (values["patient_id"], values["protocol"]) not in settled
+        group = (values["patient_id"], values["protocol"])
+        values["needs_plan"] = group not in fresh or group in leftover
     if new:
         session.execute(insert(Treatment), new)
-    plan_groups(session, runtime, groups - settled, now)
+    plan_fresh(session, runtime, {g: v for g, v in latest.items() if g not in leftover}, now)
+    plan_groups(session, runtime, (groups - fresh) | leftover, now)
     return outcomes
 
 
-def _settled_groups(
-    session: Session, runtime: Runtime, new: list[dict[str, Any]], now: dt.datetime
-) -> set[tuple[int, str]]:
-    """Groups of new treatments that planning would leave alone: no treatment of theirs is
-    stored yet (so no reminder to supersede) and the latest one's steps are all past. A
-    history import is mostly these, and skipping them keeps it fast."""
-    if not new:
-        return set()
-    latest: dict[tuple[int, str], dt.date] = {}
-    for row in new:
-        group = (row["patient_id"], row["protocol"])
-        latest[group] = max(latest.get(group, row["administered_on"]), row["administered_on"])
-    stored = session.execute(
-        select(Treatment.patient_id, Treatment.protocol)
-        .where(among(session, Treatment.patient_id, sorted({g[0] for g in latest})))
-        .distinct()
+def _stored_treatments(
+    session: Session, external_ids: list[str]
+) -> dict[str, tuple[dict[str, Any], dt.datetime | None]]:
+    """Stored treatments' values and deletion time as plain data: comparing needs no ORM."""
+    columns = [getattr(Treatment, name) for name in TREATMENT_VALUES]
+    rows = session.execute(
+        select(Treatment.external_id, Treatment.deleted_at, *columns).where(
+            among(session, Treatment.external_id, external_ids)
+        )
     )
-    known = {(r[0], r[1]) for r in stored}
-    # A patient's today is at most a day off the clinic's.
-    horizon = now.astimezone(runtime.settings.clinic_zone).date() - dt.timedelta(days=1)
-    return {
-        group
-        for group, day in latest.items()
-        if group not in known and _last_step(runtime.protocols.get(group[1]), day) < horizon
-    }
+    return {r[0]: (dict(zip(TREATMENT_VALUES, r[2:], strict=True)), r[1]) for r in rows}
 
 
-def _last_step(protocol: Protocol | None, administered_on: dt.date) -> dt.date:
-    if protocol is None:
-        return dt.date.max  # let the planner report it
-    window = window_for(protocol, administered_on)
-    return max(step_date(step, window, 0) for step in protocol.steps)
+TREATMENT_VALUES = ("patient_id", "protocol", "administered_on", "product", "units", "location")
 
 
 def _treatment_values(record: TreatmentRecord, patient_id: int) -> dict[str, Any]:

@@ -11,11 +11,12 @@ from zoneinfo import ZoneInfo
 
 import pytest
 from click.testing import CliRunner
-from sqlalchemy import Engine, event, func, select
+from sqlalchemy import Engine, delete, event, func, select, update
 
 from reminders.cli import main
 from reminders.importing.csv import CsvFileError, Report, import_csv
 from reminders.models import Consent, Patient, Reminder, Treatment
+from reminders.planner import plan_pending
 from reminders.runtime import Runtime
 from tests.conftest import CONFIG
 
@@ -511,3 +512,76 @@ def test_a_newer_treatment_with_every_step_past_still_supersedes_the_older_cycle
     assert {(status, reason) for _, status, reason, _ in reminders(runtime)} == {
         ("cancelled", "superseded")
     }
+
+
+def test_progress_counts_every_row_once_checked_and_once_written_or_skipped(
+    runtime: Runtime, now: dt.datetime, tmp_path: Path
+) -> None:
+    rows = [f"p{i},Name,,,+9054319{i:05d},,,,,,yes,,0" for i in range(2500)]
+    rows[10] = "p10,Name,,,12,,,,,,yes,,0"  # a bad phone
+    rows[20] += ",extra"  # more cells than the header
+    steps: list[int] = []
+    path = patients_csv(tmp_path, *rows)
+    report = import_csv(
+        runtime, "patients", path, now=now, skip_invalid=True, progress=steps.append
+    )
+    assert report.counts.created == 2498
+    assert sum(steps) == 2 * 2500
+    assert len(steps) > 4  # it moves along, not only at the end
+
+
+def _snapshot(runtime: Runtime) -> list[tuple[object, ...]]:
+    with runtime.sessions() as session:
+        rows = session.execute(
+            select(
+                Treatment.external_id,
+                Reminder.patient_id,
+                Reminder.protocol,
+                Reminder.step,
+                Reminder.status,
+                Reminder.reason,
+                Reminder.due_at,
+                Reminder.expires_at,
+                Reminder.next_attempt_at,
+            ).join(Treatment, Reminder.treatment_id == Treatment.id)
+        )
+        return sorted(tuple(r) for r in rows)
+
+
+def test_a_first_import_plans_exactly_what_the_planner_would(
+    runtime: Runtime, now: dt.datetime, tmp_path: Path
+) -> None:
+    path = write(
+        tmp_path,
+        f"{PATIENT_HEADER},active\n"
+        f"{AYSE},yes\n"
+        "p2,Bob,,bob@example.com,+1 212 555 0100,+1 212 555 0100,en,America/New_York,"
+        "whatsapp|email,no,,yes,14,\n"
+        "p3,Cem,,cem@example.com,,,tr,,email,yes,,,0,no\n"
+        "p4,Deniz,,deniz@example.com,0532 111 22 33,,tr,,sms|email,,,,0,\n"
+        "p5,Emi,,emi@example.jp,,,ja,Asia/Tokyo,email,yes,,,7,\n",
+        "p.csv",
+    )
+    assert run(runtime, "patients", path, now).counts.created == 5
+    visits = [
+        ("p1", "chronic_migraine", "2025-10-01"),
+        ("p1", "chronic_migraine", "2026-01-10"),
+        ("p1", "bladder_dysfunction", "2025-11-20"),
+        ("p2", "cervical_dystonia", "2025-12-20"),
+        ("p2", "tmj_bruxism", "2026-02-01"),
+        ("p3", "chronic_migraine", "2026-01-10"),
+        ("p4", "chronic_migraine", "2026-01-10"),
+        ("p5", "myofascial_pain", "2025-11-28"),
+        ("p5", "myofascial_pain", "2025-11-28"),
+        ("p5", "upper_limb_spasticity", "2024-02-01"),
+    ]
+    rows = [f"t{i},{p},{code},{day},,," for i, (p, code, day) in enumerate(visits)]
+    assert run(runtime, "treatments", treatments_csv(tmp_path, *rows), now).counts.created == 10
+    imported = _snapshot(runtime)
+    assert len({r[1] for r in imported}) == 3  # p1, p2 and p5 have reminders; p3, p4 none
+    with runtime.sessions() as session, session.begin():
+        assert session.scalars(select(Treatment).where(Treatment.needs_plan)).all() == []
+        session.execute(delete(Reminder))
+        session.execute(update(Treatment).values(needs_plan=True))
+    plan_pending(runtime, now=now)
+    assert _snapshot(runtime) == imported

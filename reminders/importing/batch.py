@@ -14,8 +14,8 @@ from typing import Generic, TypeVar
 
 from sqlalchemy.orm import Session
 
+from reminders.importing.bulk import patient_ids
 from reminders.records import InvalidRecordError, Rules, TreatmentRecord, as_text
-from reminders.upsert import patient_ids
 
 R = TypeVar("R")
 PROGRESS_STEP = 1000

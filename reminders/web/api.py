@@ -33,6 +33,7 @@ from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
+from reminders.importing.bulk import patient_ids
 from reminders.logs import get_logger, mask_address
 from reminders.models import AuditEntry, Delivery, Patient, Reminder, Treatment
 from reminders.records import (
@@ -49,7 +50,6 @@ from reminders.upsert import (
     Outcome,
     UnknownPatientError,
     delete_treatments,
-    patient_ids,
     upsert_patients,
     upsert_treatments,
 )

@@ -87,10 +87,10 @@ def _claim(rt: Runtime, at: dt.datetime, batch: int, owner: str) -> tuple[int, f
 
 def explain_claim(rt: Runtime, at: dt.datetime, batch: int) -> str:
     """The plan of the claim statement as the backend runs it (rolled back)."""
-    with captured(rt.engine, lambda sql: sql.lstrip().upper().startswith("UPDATE")) as seen:
-        with rt.sessions() as session, session.begin() as transaction:
-            queries.claim_due(session, "perf-explain", now=at, limit=batch, lease=LEASE)
-            transaction.rollback()
+    updates = captured(rt.engine, lambda sql: sql.lstrip().upper().startswith("UPDATE"))
+    with updates as seen, rt.sessions() as session, session.begin() as transaction:
+        queries.claim_due(session, "perf-explain", now=at, limit=batch, lease=LEASE)
+        transaction.rollback()
     if not seen:
         raise RuntimeError("claim_due sent no UPDATE")
     sql, params = seen[0]

@@ -3,7 +3,8 @@
 A backlog of due reminders is drained by one dispatcher in a child process (console channel
 writing to /dev/null, logs as ``reminders run`` writes them); the child reports its peak
 resident set size (``ru_maxrss``). The same is done for a backlog ten times smaller: memory must
-not grow with the backlog, because dispatch works in claimed batches.
+not grow with the backlog, because dispatch works in claimed batches. Each drain stops at
+``sizes.drain_seconds`` (so the run stays within its time); the note says how much was sent.
 """
 
 from __future__ import annotations
@@ -20,13 +21,15 @@ TARGET_GROWTH = 1.10  # the big backlog may peak at most 10% above the small one
 
 
 def run(ctx: Context, backend: str) -> None:
-    small = drain_backlog(ctx, backend, ctx.sizes.backlog_small)
-    big = drain_backlog(ctx, backend, ctx.sizes.backlog)
+    small, _ = drain_backlog(ctx, backend, ctx.sizes.backlog_small)
+    big, sent = drain_backlog(ctx, backend, ctx.sizes.backlog)
     growth = big / small
     ctx.report.figure(
         5,
         f"peak RSS draining {ctx.sizes.backlog:,} due reminders",
-        f"{big:.0f} MB",
+        f"{big:.0f} MB ({sent:,} sent before the {ctx.sizes.drain_seconds:.0f} s limit)"
+        if sent < ctx.sizes.backlog
+        else f"{big:.0f} MB (all sent)",
         f"<= {TARGET_MB:.0f} MB",
         big <= TARGET_MB,
         backend,
@@ -41,20 +44,25 @@ def run(ctx: Context, backend: str) -> None:
     )
 
 
-def drain_backlog(ctx: Context, backend: str, count: int) -> float:
-    """Peak RSS in MB of a dispatcher that sends ``count`` due reminders."""
+def drain_backlog(ctx: Context, backend: str, count: int) -> tuple[float, int]:
+    """(peak RSS in MB, reminders sent) of a dispatcher draining ``count`` due reminders."""
     with ctx.database(backend, "memory") as url:
         now = dt.datetime.now(dt.UTC)
         load_backlog(url, count, [now - dt.timedelta(minutes=5)], now)
-        args = {"mode": "drain", "sender": "console", "url": url}
+        args = {
+            "mode": "drain",
+            "sender": "console",
+            "url": url,
+            "seconds": ctx.sizes.drain_seconds,
+        }
         (result,) = run_together([args], ctx.scratch, f"memory-{count}")
     sent = result["outcomes"].get("sent", 0)
     seconds = result["finished"] - result["started"]
-    if sent != count:
-        raise RuntimeError(f"drained {sent} of {count}: {result['outcomes']}")
-    megabytes = result["maxrss_kb"] / 1024
+    if set(result["outcomes"]) - {"sent", "released"}:
+        raise RuntimeError(f"draining {count}: {result['outcomes']}")
+    megabytes = float(result["maxrss_kb"] / 1024)
     ctx.report.note(
-        f"{backend_of(url)}: {count:,} sent in {seconds:.1f} s ({count / seconds:,.0f}/s), "
-        f"peak RSS {megabytes:.0f} MB"
+        f"{backend_of(url)}: backlog {count:,}, {sent:,} sent in {seconds:.1f} s "
+        f"({sent / seconds:,.0f}/s), peak RSS {megabytes:.0f} MB"
     )
-    return float(megabytes)
+    return megabytes, sent

@@ -15,8 +15,6 @@
 from __future__ import annotations
 
 import datetime as dt
-import itertools
-from collections.abc import Iterable
 from dataclasses import dataclass
 
 from sqlalchemy import Connection
@@ -25,23 +23,8 @@ from reminders.planning import Timing, schedule
 from reminders.protocols import Protocol
 from tests.perf import sqlgen
 from tests.perf.databases import bulk_load, reset_sequences
+from tests.perf.names import FAMILY, GIVEN
 
-GIVEN = (
-    "Ayşe Fatma Emine Hatice Zeynep Elif Meryem Şerife Zehra Sultan Hanife Merve Özlem Yasemin "
-    "İrem Büşra Esra Gül Derya Sevgi Mehmet Mustafa Ahmet Ali Hüseyin Hasan İbrahim İsmail "
-    "Osman Yusuf Murat Ömer Ramazan Halil Süleyman Emre Burak Çağlar Oğuz Serkan Anna Maria "
-    "Sophie Laura Hannah Thomas Michael Daniel James Oliver"
-).split()
-FAMILY = (
-    "Yılmaz Kaya Demir Şahin Çelik Yıldız Yıldırım Öztürk Aydın Özdemir Arslan Doğan Kılıç "
-    "Aslan Çetin Kara Koç Kurt Özkan Şimşek Polat Özer Erdoğan Güneş Aksoy Korkmaz Bulut Keskin "
-    "Ünal Tekin Kaplan Acar Aktaş Yavuz Uçar Türk Işık Kahraman Tunç Güler Karaca Sarı Ateş "
-    "Bozkurt Coşkun Altun Erdem Çakır Duman Bayram Smith Jones Taylor Brown Williams Wilson "
-    "Johnson Davies Robinson Wright Thompson Evans Walker White Roberts Green Hall Wood Jackson "
-    "Clarke Müller Schmidt Schneider Fischer Weber Meyer Wagner Becker Schulz Hoffmann Rossi "
-    "Russo Ferrari Esposito Bianchi Romano Colombo Ricci Marino Greco Petrov Ivanov Smirnov "
-    "Novak Horvat Kovač Nowak Kowalski Wiśniewski Dąbrowski"
-).split()
 ZONES = ("Europe/Istanbul",) * 4 + ("Europe/Berlin", "Europe/London", "Asia/Dubai")
 LEADS = (0, 14)  # every tenth patient travels and gets two more weeks of notice
 INTERVAL = 91  # days between a patient's treatments
@@ -66,7 +49,7 @@ class Clinic:
         return self.treated * self.per_patient
 
 
-@dataclass(frozen=True)
+@dataclass
 class _Someone:
     timezone: str
     travel_lead_days: int
@@ -87,9 +70,9 @@ def build_clinic(
     of older treatments (:func:`add_history`)."""
     clinic = Clinic(url, now, patients, min(treated, patients), per_patient, per_patient)
     with bulk_load(url, ["patients", "consents", "treatments", "reminders"]) as conn:
-        _lookups(conn, clinic.today, per_patient + history, protocols, timing)
+        _lookups(conn, clinic, per_patient + history, protocols, timing)
         _patients(conn, clinic)
-        _consents(conn, clinic.treated, now)
+        consents(conn, clinic.treated, now)
         base = clinic.base_treatments
         p = f"((g.i - 1) / {per_patient} + 1)"
         gen = f"({per_patient} - 1 - (g.i - 1) % {per_patient})"
@@ -114,7 +97,7 @@ def add_history(
             clinic.generations = clinic.per_patient + -(-extra // clinic.treated)
             days = int(sqlgen.scalar(conn, "SELECT count(*) FROM perf_days"))
             if days < SPREAD + INTERVAL * clinic.generations:
-                _lookups(conn, clinic.today, clinic.generations, protocols, timing)
+                _lookups(conn, clinic, clinic.generations, protocols, timing)
             p = f"((g.i - 1) % {clinic.treated} + 1)"
             gen = f"({clinic.per_patient} + (g.i - 1) / {clinic.treated})"
             _treatments(conn, clinic, extra, first_id=first, patient=p, generation=gen)
@@ -134,39 +117,56 @@ def _analyze(conn: Connection, *tables: str) -> None:
 
 def _lookups(
     conn: Connection,
-    today: dt.date,
+    clinic: Clinic,
     generations: int,
     protocols: dict[str, Protocol],
     timing: Timing,
 ) -> None:
     codes = sorted(protocols)
-    sqlgen.fill(conn, sqlgen.NAMES, _names())
+    sqlgen.fill(conn, sqlgen.NAMES, name_rows())
     sqlgen.fill(conn, sqlgen.ZONES, [{"idx": i, "zone": z} for i, z in enumerate(ZONES)])
     sqlgen.fill(conn, sqlgen.PROTOCOLS, [{"idx": i, "code": c} for i, c in enumerate(codes)])
     offsets = range(SPREAD + INTERVAL * generations)
-    days = {o: today - dt.timedelta(days=o) for o in offsets}
-    sqlgen.fill(conn, sqlgen.DAYS, [{"idx": o, "day": d} for o, d in days.items()])
-    sqlgen.fill(conn, sqlgen.SCHEDULE, _schedule(days.values(), protocols, timing))
+    days = [clinic.today - dt.timedelta(days=o) for o in offsets]
+    sqlgen.fill(conn, sqlgen.DAYS, [{"idx": o, "day": d} for o, d in enumerate(days)])
+    cases = _cases(clinic.treated, generations, days, [protocols[c] for c in codes])
+    sqlgen.fill(conn, sqlgen.SCHEDULE, _schedule(cases, timing))
 
 
-def _names() -> list[dict[str, object]]:
+Case = tuple[Protocol, dt.date, str, int]  # what a schedule depends on: protocol, day, zone, lead
+
+
+def _cases(
+    treated: int, generations: int, days: list[dt.date], protocols: list[Protocol]
+) -> set[Case]:
+    """Every (protocol, administered_on, zone, lead) the SQL of :func:`_patients` and
+    :func:`_treatments` gives some treatment (the same arithmetic on the patient number)."""
+    cases = set()
+    for p in range(1, treated + 1):
+        lead = LEADS[1] if p % 10 == 0 else LEADS[0]
+        protocol, zone = protocols[p % len(protocols)], ZONES[p % len(ZONES)]
+        for generation in range(generations):
+            day = days[(p * 37) % SPREAD + generation * INTERVAL]
+            cases.add((protocol, day, zone, lead))
+    return cases
+
+
+def name_rows() -> list[dict[str, object]]:
     given = [{"kind": "given", "idx": i, "name": n} for i, n in enumerate(GIVEN)]
     return given + [{"kind": "family", "idx": i, "name": n} for i, n in enumerate(FAMILY)]
 
 
-def _schedule(
-    days: Iterable[dt.date], protocols: dict[str, Protocol], timing: Timing
-) -> list[dict[str, object]]:
+def _schedule(cases: set[Case], timing: Timing) -> list[dict[str, object]]:
+    """The planner's due and expiry instants of every step, for each case."""
     rows = []
-    people = [_Someone(z, lead) for z in sorted(set(ZONES)) for lead in LEADS]
-    for day, protocol, who in itertools.product(days, protocols.values(), people):
-        for planned in schedule(day, protocol, who, timing):
+    for protocol, day, zone, lead in sorted(cases, key=lambda c: (c[0].code, c[1], c[2], c[3])):
+        for planned in schedule(day, protocol, _Someone(zone, lead), timing):
             rows.append(
                 {
                     "protocol": protocol.code,
                     "day": day,
-                    "zone": who.timezone,
-                    "lead": who.travel_lead_days,
+                    "zone": zone,
+                    "lead": lead,
                     "step": planned.step,
                     "due_at": planned.due_at,
                     "expires_at": planned.expires_at,
@@ -195,7 +195,8 @@ def _patients(conn: Connection, clinic: Clinic) -> None:
     )
 
 
-def _consents(conn: Connection, treated: int, now: dt.datetime) -> None:
+def consents(conn: Connection, treated: int, now: dt.datetime) -> None:
+    """SMS and email granted for patients 1 .. treated."""
     prefix, source = sqlgen.numbers(conn, 2 * treated)
     sqlgen.run(
         conn,

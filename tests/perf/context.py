@@ -57,7 +57,8 @@ class Context:
         rt.close()
         self.report.note(
             f"built the clinic on {backend}: {s.patients:,} patients, {s.treated:,} in "
-            f"treatment, {clinic.base_treatments:,} treatments in {time.monotonic() - started:.0f} s"
+            f"treatment, {clinic.base_treatments:,} treatments, "
+            f"in {time.monotonic() - started:.0f} s"
         )
         self._clinics[backend] = clinic
         return clinic

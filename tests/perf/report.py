@@ -33,7 +33,8 @@ class Figure:
         return PASS if self.passed else FAIL
 
     def line(self) -> str:
-        return f"{self.number} {self.name} [{self.backend}] | {self.measured} | {self.target} | {self.verdict}"
+        figure = f"{self.number} {self.name} [{self.backend}]"
+        return f"{figure} | {self.measured} | {self.target} | {self.verdict}"
 
 
 @dataclass

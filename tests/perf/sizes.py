@@ -30,6 +30,7 @@ class Sizes:
     dispatch_interval: float
     # dispatch throughput (figure 4)
     dispatch_messages: int  # per process
+    drain_seconds: float  # memory: time limit of each drain
     # console (figure 7)
     console_requests: int  # per page kind
 
@@ -59,7 +60,8 @@ FULL = Sizes(
     latency_reminders=1_000,
     latency_spread=20.0,
     dispatch_interval=1.0,
-    dispatch_messages=4_000,
+    dispatch_messages=2_000,
+    drain_seconds=90.0,
     console_requests=200,
 )
 
@@ -81,27 +83,29 @@ QUICK = Sizes(
     latency_spread=10.0,
     dispatch_interval=1.0,
     dispatch_messages=1_000,
+    drain_seconds=30.0,
     console_requests=100,
 )
 
 TOY = Sizes(
     name="toy",
-    patients=2_000,
-    treated=400,
+    patients=1_000,
+    treated=200,
     treatments_per_patient=4,
-    reminders=8_000,
-    due=600,
+    reminders=4_000,
+    due=400,
     claim_batch=200,
-    changed=40,
-    small_treated=100,
-    import_patients=200,
-    import_treatments=800,
-    backlog_small=100,
-    backlog=300,
+    changed=20,
+    small_treated=50,
+    import_patients=100,
+    import_treatments=400,
+    backlog_small=40,
+    backlog=120,
     latency_reminders=20,
-    latency_spread=2.0,
+    latency_spread=1.0,
     dispatch_interval=0.5,
-    dispatch_messages=60,
+    dispatch_messages=40,
+    drain_seconds=30.0,
     console_requests=10,
 )
 

@@ -26,6 +26,7 @@ from sqlalchemy import (
     insert,
     text,
 )
+from sqlalchemy.types import TypeEngine
 
 from reminders.db import UTCDateTime
 
@@ -37,7 +38,9 @@ NAMES = Table(
     Column("idx", Integer, primary_key=True),
     Column("name", String(200)),
 )
-ZONES = Table("perf_zones", LOOKUPS, Column("idx", Integer, primary_key=True), Column("zone", String(64)))
+ZONES = Table(
+    "perf_zones", LOOKUPS, Column("idx", Integer, primary_key=True), Column("zone", String(64))
+)
 PROTOCOLS = Table(
     "perf_protocols", LOOKUPS, Column("idx", Integer, primary_key=True), Column("code", String(64))
 )
@@ -56,7 +59,7 @@ SCHEDULE = Table(
     Column("due_at", UTCDateTime()),
     Column("expires_at", UTCDateTime()),
 )
-TYPES = {
+TYPES: dict[str, TypeEngine[Any]] = {
     "now": UTCDateTime(),
     "later": UTCDateTime(),
     "yes": Boolean(),

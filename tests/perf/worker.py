@@ -1,7 +1,8 @@
 """A benchmark's child process: ``python -m tests.perf.worker '{json}'``.
 
 Modes:
-- ``drain``: a :class:`reminders.dispatch.Dispatcher` sends every due reminder, with the
+- ``drain``: a :class:`reminders.dispatch.Dispatcher` sends every due reminder (or as many as
+  it can in ``seconds``), with the
   console channel (``sender: console``, written to /dev/null) or the real Twilio SMS channel
   (``sender: twilio``, pointed at a fake), logging as ``reminders run`` does (JSON on stderr).
 - ``bare``: the bare ``twilio`` SDK creates ``count`` messages from ``threads`` threads.
@@ -33,7 +34,10 @@ from reminders.service import process_owner
 from tests.perf.databases import settings_for
 
 SMS_FROM = "+15005550006"
-BODY = "Ayşe, your next visit at the clinic is possible from 18 Feb 2026. Please book. Reply STOP to opt out."
+BODY = (  # as long as the rendered `due` SMS template
+    "Ayşe, your next visit at the clinic is possible from 18 Feb 2026. Please book. "
+    "Reply STOP to opt out."
+)
 
 
 def twilio_settings(fake: dict[str, str]) -> dict[str, Any]:
@@ -74,7 +78,11 @@ def drain(args: dict[str, Any]) -> dict[str, Any]:
     dispatcher = Dispatcher(runtime, process_owner())
     outcomes: Counter[str] = Counter()
     started = _ready()
-    while True:
+    if args.get("seconds"):  # a time limit: stop claiming, finish what is in flight
+        timer = threading.Timer(args["seconds"], dispatcher.stopping.set)
+        timer.daemon = True
+        timer.start()
+    while not dispatcher.stopping.is_set():
         done = dispatcher.run_once(now=runtime.clock())
         outcomes.update(done)
         if not done:
@@ -121,6 +129,19 @@ def bare(args: dict[str, Any]) -> dict[str, Any]:
     return {"outcomes": dict(sent), "started": started, "finished": time.time()}
 
 
+def peak_rss_kb(pid: int | str = "self") -> int:
+    """The peak resident set of this process image (``VmHWM``). Not ``ru_maxrss``: Linux
+    carries the parent's peak across fork and exec into it."""
+    try:
+        with open(f"/proc/{pid}/status") as status:
+            for line in status:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1])
+    except OSError:  # not Linux, or the process has ended
+        pass
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss if pid == "self" else 0
+
+
 def _ready() -> float:
     print(json.dumps({"ready": True}), flush=True)
     sys.stdin.readline()
@@ -130,7 +151,7 @@ def _ready() -> float:
 def main() -> None:
     args = json.loads(sys.argv[1])
     result = {"drain": drain, "bare": bare}[args["mode"]](args)
-    result["maxrss_kb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    result["maxrss_kb"] = peak_rss_kb()
     result["at"] = dt.datetime.now(dt.UTC).isoformat()
     print(json.dumps(result), flush=True)
 
