@@ -5,9 +5,8 @@ Twilio 429's ``Retry-After`` holds the SMS sender; ``tests/test_provider_dispatc
 reschedules the reminder no sooner than asked. What is left, here: SendGrid's
 ``X-RateLimit-Reset`` holding the email sender; SMS and WhatsApp, two senders on one Twilio
 account, each kept to its own rate; a sender's rate kept through the running service's passes
-while 429s come and go. Two known gaps are pinned as strict xfails (they turn into failures once
-fixed, to drop the mark): workers already waiting for their slot when a 429 comes back, and
-several replicas sharing one sender.
+while 429s come and go. One known gap is pinned as a strict xfail (it turns into a failure once
+fixed, to drop the mark): several replicas sharing one sender.
 """
 
 from __future__ import annotations
@@ -102,7 +101,7 @@ def approve_whatsapp_template(rt: Runtime) -> None:
 
 
 def test_a_sendgrid_rate_limit_reset_holds_the_email_sender_until_then(settings, sendgrid) -> None:
-    # One worker: several would show the reserved-slot gap (the xfail test below).
+    # One worker, so the order of requests at the fake is the order of sends.
     s = provider_settings(settings, sendgrid=sendgrid, email_rate=5.0, dispatch_concurrency=1)
     with live(s) as rt:
         seed_due(rt.engine, 6, "email", NOW)
@@ -154,11 +153,6 @@ def test_the_running_service_keeps_a_senders_rate_while_429s_come_and_go(setting
     assert accepted(twilio, None) == Counter({d.address: 1 for d in due})
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="RateLimiter.acquire: a worker that reserved its slot before the 429 came back "
-    "still sends inside the Retry-After (hold_until does not move reserved slots)",
-)
 def test_a_retry_after_holds_even_the_workers_already_waiting_for_their_slot(
     settings, twilio
 ) -> None:
