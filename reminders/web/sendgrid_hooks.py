@@ -69,7 +69,19 @@ def parse_events(body: str) -> list[Any]:
     events = json.loads(body)
     if not isinstance(events, list):
         raise ValueError("the body must be a JSON array of events")
+    if _holds_nul(events):
+        raise ValueError("an event holds a NUL character")  # no provider sends one
     return events
+
+
+def _holds_nul(value: Any) -> bool:
+    if isinstance(value, str):
+        return "\x00" in value
+    if isinstance(value, dict):
+        return any(_holds_nul(k) or _holds_nul(v) for k, v in value.items())
+    if isinstance(value, list):
+        return any(_holds_nul(v) for v in value)
+    return False
 
 
 def handle_events(runtime: Runtime, events: list[Any], now: dt.datetime) -> Counter[str]:

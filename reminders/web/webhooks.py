@@ -114,6 +114,8 @@ async def _twilio_form(request: Request) -> twilio_hooks.Form:
     problem = twilio_hooks.signature_problem(runtime.settings, url, form, signature)
     if problem:
         raise RefusedError(403, problem, "invalid signature")
+    if any("\x00" in f"{key}{value}" for key, value in form.items()):
+        raise RefusedError(400, "malformed", "a form field holds a NUL character")
     return form
 
 
