@@ -9,6 +9,7 @@ default language.
 from __future__ import annotations
 
 import datetime as dt
+import functools
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -16,7 +17,7 @@ from typing import Any
 
 import yaml
 from babel.dates import format_date
-from jinja2 import StrictUndefined, TemplateSyntaxError, UndefinedError, pass_context
+from jinja2 import StrictUndefined, Template, TemplateSyntaxError, UndefinedError, pass_context
 from jinja2.exceptions import SecurityError
 from jinja2.runtime import Context
 from jinja2.sandbox import ImmutableSandboxedEnvironment
@@ -74,10 +75,16 @@ _PLAIN = _environment(autoescape=False)
 _HTML = _environment(autoescape=True)
 
 
+@functools.lru_cache(maxsize=1024)
+def _compiled(source: str, html: bool) -> Template:
+    """Compiling costs far more than rendering, and dispatch renders the same few sources all
+    day: each is compiled once. A source that does not compile raises (and is not cached)."""
+    return (_HTML if html else _PLAIN).from_string(source)
+
+
 def render_string(source: str, context: Mapping[str, Any], field: str) -> str:
-    env = _HTML if field == "html" else _PLAIN
     try:
-        return env.from_string(source).render(context).strip()
+        return _compiled(source, field == "html").render(context).strip()
     except TemplateSyntaxError as exc:
         raise TemplateError(field, exc.message or "syntax error", exc.lineno) from None
     except UndefinedError as exc:

@@ -41,7 +41,9 @@ def patient(session: Session, **fields: Any) -> Patient:
     return row
 
 
-def treatment(session: Session, patient: Patient, administered_on: dt.date, **fields: Any) -> Treatment:
+def treatment(
+    session: Session, patient: Patient, administered_on: dt.date, **fields: Any
+) -> Treatment:
     n = next(_ids)
     values: dict[str, Any] = {
         "external_id": f"t{n}",

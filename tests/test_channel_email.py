@@ -192,9 +192,7 @@ def test_a_429_waits_until_the_rate_limit_resets(settings, sendgrid) -> None:
     assert reset - time.time() - 1 <= error.retry_after <= 900
 
 
-def test_a_server_that_does_not_answer_in_time_leaves_the_mail_in_doubt(
-    settings, sendgrid
-) -> None:
+def test_a_server_that_does_not_answer_in_time_leaves_the_mail_in_doubt(settings, sendgrid) -> None:
     sendgrid.hang_next(5.0)
     started = time.monotonic()
     error = refusal(email_sender(settings, sendgrid, provider_timeout=0.5))

@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
-from sqlalchemy import Engine, func, select
+from sqlalchemy import Engine, func, select, text
 from sqlalchemy.orm import Session
 
 from reminders import migrate
@@ -119,7 +119,7 @@ def _final_statuses(engine: Engine, delivery_ids: set[int]) -> dict[int, str]:
         return {i: st for i, st in rows}
 
 
-def _resent(engine: Engine, reminder_ids: set[int]) -> dict[int, list[str]]:
+def _attempts(engine: Engine, reminder_ids: set[int]) -> dict[int, list[str]]:
     """Each reminder's delivery statuses, oldest first."""
     with Session(engine) as s:
         rows = s.execute(
@@ -146,12 +146,29 @@ def _run_and_kill(
         moment = rng.uniform(0.0, 2.5)  # a random moment of the drain
         _sleep_while_running(process, moment)
         process.kill()
+        _wait_for_its_connections_to_end(engine)
         cut = _sending(engine, seen)
         seen.update(cut)
         kill = Kill(round(moment, 2), {d: p for d, (_, p) in cut.items()})
         kill.reminders = {r for r, _ in cut.values()}
         kills.append(kill)
     return kills
+
+
+def _wait_for_its_connections_to_end(engine: Engine) -> None:
+    """Until PostgreSQL has ended the dead process's sessions: a COMMIT it sent just before the
+    kill still lands, so what was in doubt is only known once they are gone."""
+    engine.dispose()  # the test's own pooled connections: only the dead process's are left
+    others = text(
+        "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database()"
+        " AND pid <> pg_backend_pid() AND backend_type = 'client backend'"
+    )
+
+    def gone() -> bool:
+        with engine.connect() as conn:
+            return conn.scalar(others) == 0
+
+    wait_until(gone, 30, "the killed process's database sessions to end", 0.05)
 
 
 def _wait_until_sending(process: ServiceProcess, twilio: FakeTwilio) -> None:
@@ -186,41 +203,56 @@ def test_kill_9_at_random_moments_loses_nothing_and_duplicates_only_what_was_in_
             last.kill()
         got = Counter(m.to for m in twilio.messages)
 
-    phones = _phones(database, ids)
-    doubted = {d for k in kills for d in k.in_doubt}
-    doubted_reminders = {r for k in kills for r in k.reminders}
-    twice = {rid for rid, phone in phones.items() if got[phone] > 1}
-    settled = _final_statuses(database, doubted)
-    history = _resent(database, doubted_reminders)
-    counts = Counts(
-        reminders=len(ids),
-        sent=sum(1 for rid in ids if got[phones[rid]] >= 1) - _unsent(database, ids),
-        duplicated=sum(got[phones[rid]] - 1 for rid in twice),
-        lost=sum(1 for rid in ids if got[phones[rid]] == 0) + _unsent(database, ids),
-        in_doubt=len(doubted),
-    )
+    tally = _tally(database, ids, kills, got)
     report(
         "crash_counts",
         "crash",
-        counts,
+        tally.counts,
         seed=SEED,
         kills=[{"after_s": k.after_seconds, "in_doubt": len(k.in_doubt)} for k in kills],
         settled_by_callback=sum(k.callbacks for k in kills),
-        abandoned_and_resent=sum(1 for st in settled.values() if st == "abandoned"),
+        abandoned_and_resent=list(tally.settled.values()).count("abandoned"),
     )
 
-    assert (counts.sent, counts.lost) == (BACKLOG, 0)
-    assert twice <= doubted_reminders  # a duplicate only where a send was in flight at a kill
+    assert (tally.counts.sent, tally.counts.lost) == (BACKLOG, 0)
+    assert tally.twice <= tally.doubted  # a duplicate only where a send was in flight at a kill
     for kill in kills:
         assert len(kill.in_doubt) <= CONCURRENCY
-        assert len(twice & kill.reminders) <= CONCURRENCY
-    assert set(settled.values()) <= {"delivered", "abandoned"}, settled
-    for rid in twice:  # the in-doubt rule sent it again: the first attempt was abandoned
-        assert history[rid][0] == "abandoned" and got[phones[rid]] == 2, history[rid]
-    for rid in doubted_reminders:  # and each one settled: a callback, or a later send
-        assert history[rid][-1] in ("delivered", "queued"), history[rid]
+        assert len(tally.twice & kill.reminders) <= CONCURRENCY
+    assert set(tally.settled.values()) <= {"delivered", "abandoned"}, tally.settled
+    for rid, attempts in tally.history.items():  # each settled: a callback, or a later send
+        extra = tally.got[tally.phones[rid]] - 1
+        assert attempts[-1] in ("delivered", "queued"), attempts
+        assert extra <= attempts.count("abandoned"), attempts  # only a resent one went twice
+        assert extra <= sum(rid in k.reminders for k in kills)
     assert exit_.code == 0
-    assert sum(len(k.in_doubt) for k in kills) > 0, "no kill landed on a send in flight"
+    assert tally.counts.in_doubt > 0, "no kill landed on a send in flight"
+
+
+@dataclass
+class Tally:
+    counts: Counts
+    got: Counter[str]  # messages the fake accepted, per phone
+    phones: dict[int, str]  # reminder id -> phone
+    twice: set[int]  # reminders that reached the phone more than once
+    doubted: set[int]  # reminders with a delivery in flight at some kill
+    settled: dict[int, str]  # each of those deliveries' final status
+    history: dict[int, list[str]]  # each of those reminders' delivery statuses
+
+
+def _tally(engine: Engine, ids: set[int], kills: list[Kill], got: Counter[str]) -> Tally:
+    phones, unsent = _phones(engine, ids), _unsent(engine, ids)
+    doubted = {r for k in kills for r in k.reminders}
+    twice = {rid for rid, phone in phones.items() if got[phone] > 1}
+    counts = Counts(
+        reminders=len(ids),
+        sent=sum(1 for rid in ids if got[phones[rid]] >= 1) - unsent,
+        duplicated=sum(got[phones[rid]] - 1 for rid in twice),
+        lost=sum(1 for rid in ids if got[phones[rid]] == 0) + unsent,
+        in_doubt=sum(len(k.in_doubt) for k in kills),
+    )
+    settled = _final_statuses(engine, {d for k in kills for d in k.in_doubt})
+    return Tally(counts, got, phones, twice, doubted, settled, _attempts(engine, doubted))
 
 
 def _phones(engine: Engine, ids: set[int]) -> dict[int, str]:

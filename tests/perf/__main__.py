@@ -88,7 +88,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parse(sys.argv[1:] if argv is None else argv)
     os.environ.setdefault("NO_PROXY", "127.0.0.1,localhost")
     os.environ.setdefault("no_proxy", "127.0.0.1,localhost")
-    configure_logging("WARNING", "console")  # the service loop of figure 6 runs in here
+    configure_logging("ERROR", "console")  # the service loop of figure 6 runs in here
     backends = [b.strip() for b in args.backends.split(",") if b.strip()]
     wanted = [n for n in ORDER if not args.only or n in args.only]
     report = Report()

@@ -12,11 +12,14 @@ fake's count proves every reminder went out exactly once.
 from __future__ import annotations
 
 import datetime as dt
+from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 from tests.perf.backlog import load_backlog
 from tests.perf.children import Child, run_together
 from tests.perf.context import Context
+from tests.perf.report import CpuMeter
 
 TARGET_SHARE = 0.70  # one dispatcher: at least 70% of the bare SDK's rate
 TARGET_SCALING = 1.6  # two dispatchers: at least 1.6 times one
@@ -28,16 +31,18 @@ def run(ctx: Context, backend: str) -> None:
     n = ctx.sizes.dispatch_messages
     with Child("tests.perf.fake_provider", {}, ctx.scratch, "fake-twilio") as fake_process:
         fake = fake_process.read()
-        bare = _rate(run_together([_bare(fake, n)], ctx.scratch, "bare"))
-        one = _drain(ctx, backend, fake, 1, n)
+        bare = _measure(lambda: run_together([_bare(fake, n)], ctx.scratch, "bare"))
+        one = _measure(lambda: _drain(ctx, backend, fake, 1, n))
         before = _accepted(fake_process)
-        two = _drain(ctx, backend, fake, 2, 2 * n)
+        two = _measure(lambda: _drain(ctx, backend, fake, 2, 2 * n))
         twice = _accepted(fake_process) - before
-    ctx.report.note(
-        f"bare SDK: {bare[0]:,} in {bare[1]:.1f} s; one dispatcher: {one[0]:,} in {one[1]:.1f} s; "
-        f"two: {two[0]:,} in {two[1]:.1f} s ({twice:,} accepted by the fake)"
-    )
-    bare_rate, one_rate, two_rate = (sent / seconds for sent, seconds in (bare, one, two))
+    for name, phase in (("bare SDK", bare), ("one dispatcher", one), ("two dispatchers", two)):
+        ctx.report.note(
+            f"{name}: {phase.sent:,} in {phase.seconds:.1f} s, {phase.cpu:.0%} of a core in "
+            f"the sending process(es), all CPUs {phase.busy:.0%} busy"
+        )
+    ctx.report.note(f"the fake accepted {twice:,} messages from the two dispatchers")
+    bare_rate, one_rate, two_rate = (p.sent / p.seconds for p in (bare, one, two))
     share, scaling = one_rate / bare_rate, two_rate / one_rate
     ctx.report.figure(
         4,
@@ -52,7 +57,7 @@ def run(ctx: Context, backend: str) -> None:
         "dispatch, 2 processes against 1",
         f"{two_rate:,.0f}/s against {one_rate:,.0f}/s: x{scaling:.2f} ({twice:,} sent once each)",
         f">= x{TARGET_SCALING}",
-        scaling >= TARGET_SCALING and twice == two[0],
+        scaling >= TARGET_SCALING and twice == two.sent,
         backend,
     )
 
@@ -61,9 +66,27 @@ def _bare(fake: dict[str, Any], count: int) -> dict[str, Any]:
     return {"mode": "bare", "fake": fake, "count": count, "threads": THREADS}
 
 
+@dataclass(frozen=True)
+class Phase:
+    sent: int
+    seconds: float  # from the common start to the last finish
+    cpu: float  # CPU seconds of the worker processes per second of the phase
+    busy: float  # how busy the machine's CPUs were, 0..1
+
+
+def _measure(work: Callable[[], list[dict[str, Any]]]) -> Phase:
+    meter = CpuMeter()
+    results = work()
+    # A dispatcher counts "sent"; the bare SDK counts Twilio's answers ("queued").
+    sent = sum(r["outcomes"].get("sent", 0) + r["outcomes"].get("queued", 0) for r in results)
+    seconds = max(r["finished"] for r in results) - min(r["started"] for r in results)
+    cpu = sum(r["cpu_seconds"] for r in results) / seconds
+    return Phase(sent, seconds, cpu, meter.busy())
+
+
 def _drain(
     ctx: Context, backend: str, fake: dict[str, Any], processes: int, count: int
-) -> tuple[int, float]:
+) -> list[dict[str, Any]]:
     with ctx.database(backend, "dispatch") as url:
         now = dt.datetime.now(dt.UTC)
         load_backlog(url, count, [now - dt.timedelta(minutes=5)], now)
@@ -75,15 +98,7 @@ def _drain(
             "threads": THREADS,
             "seconds": TIME_LIMIT,
         }
-        return _rate(run_together([args] * processes, ctx.scratch, f"dispatch-{processes}"))
-
-
-def _rate(results: list[dict[str, Any]]) -> tuple[int, float]:
-    """(messages sent, seconds from the first start to the last finish)."""
-    # A dispatcher counts "sent"; the bare SDK counts Twilio's statuses ("queued").
-    sent = sum(r["outcomes"].get("sent", 0) + r["outcomes"].get("queued", 0) for r in results)
-    seconds = max(r["finished"] for r in results) - min(r["started"] for r in results)
-    return sent, seconds
+        return run_together([args] * processes, ctx.scratch, f"dispatch-{processes}")
 
 
 def _accepted(fake_process: Child) -> int:

@@ -7,6 +7,7 @@ stream, indented, so the report can be pasted whole into the issue.
 
 from __future__ import annotations
 
+import os
 import sys
 import time
 from dataclasses import dataclass, field
@@ -65,7 +66,8 @@ class Report:
 
     def section(self, title: str) -> None:
         elapsed = time.monotonic() - self.started
-        self._print(f"\n== {title} (at {elapsed:.0f} s)")
+        load = ", ".join(f"{x:.1f}" for x in os.getloadavg())
+        self._print(f"\n== {title} (at {elapsed:.0f} s, load average {load})")
 
     def summary(self) -> int:
         """Print every figure in issue order; the number of failed figures."""
@@ -82,6 +84,28 @@ class Report:
     def _print(self, text: str) -> None:
         self.out.write(text + "\n")
         self.out.flush()
+
+
+class CpuMeter:
+    """How busy all CPUs were between ``start`` and ``busy`` (from /proc/stat), 0..1."""
+
+    def __init__(self) -> None:
+        self.start = _cpu_times()
+
+    def busy(self) -> float:
+        end = _cpu_times()
+        idle, total = end[0] - self.start[0], end[1] - self.start[1]
+        return 1.0 - idle / total if total else 0.0
+
+
+def _cpu_times() -> tuple[int, int]:
+    """(idle + iowait, total) jiffies of all CPUs; zeros where /proc/stat is missing."""
+    try:
+        with open("/proc/stat") as stat:
+            fields = [int(x) for x in stat.readline().split()[1:]]
+    except OSError:
+        return 0, 0
+    return fields[3] + fields[4], sum(fields)
 
 
 def ms(seconds: float) -> str:

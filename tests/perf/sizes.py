@@ -61,7 +61,7 @@ FULL = Sizes(
     latency_spread=20.0,
     dispatch_interval=1.0,
     dispatch_messages=2_000,
-    drain_seconds=90.0,
+    drain_seconds=60.0,
     console_requests=200,
 )
 

@@ -152,6 +152,8 @@ def main() -> None:
     args = json.loads(sys.argv[1])
     result = {"drain": drain, "bare": bare}[args["mode"]](args)
     result["maxrss_kb"] = peak_rss_kb()
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    result["cpu_seconds"] = usage.ru_utime + usage.ru_stime
     result["at"] = dt.datetime.now(dt.UTC).isoformat()
     print(json.dumps(result), flush=True)
 
