@@ -44,6 +44,7 @@ def run(ctx: Context, backend: str) -> None:
         rt.close()
     claimed = [n for n, _ in times]
     seconds = [t for _, t in times]
+    ctx.report.note("batches, in order: " + ", ".join(ms(t) for t in seconds))
     on_index = INDEX in plan
     worst = max(seconds)
     ctx.report.figure(

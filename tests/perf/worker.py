@@ -2,14 +2,14 @@
 
 Modes:
 - ``drain``: a :class:`reminders.dispatch.Dispatcher` sends every due reminder (or as many as
-  it can in ``seconds``), with the
-  console channel (``sender: console``, written to /dev/null) or the real Twilio SMS channel
-  (``sender: twilio``, pointed at a fake), logging as ``reminders run`` does (JSON on stderr).
+  it can in ``seconds``) with the console channel (``sender: console``, written to /dev/null)
+  or the real Twilio SMS channel (``sender: twilio``, pointed at a fake), logging as
+  ``reminders run`` does (JSON on stderr).
 - ``bare``: the bare ``twilio`` SDK creates ``count`` messages from ``threads`` threads.
 
 It prints ``{"ready": true}`` once set up, waits for a line on stdin (so several workers start
-together), works, then prints one JSON line: counts, wall-clock start and end, and its peak
-resident memory (``ru_maxrss``).
+together), works, then prints one JSON line: counts, wall-clock start and end, CPU seconds, and its
+peak resident memory (``VmHWM``).
 """
 
 from __future__ import annotations
