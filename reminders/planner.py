@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import datetime as dt
 import threading
+from collections.abc import Iterable
 
 from sqlalchemy import select, update
 from sqlalchemy.orm import Session
@@ -75,6 +76,20 @@ def _plan_latest(
     if written:
         runtime.metrics.planned.labels(protocol.code).inc(written)
     return written + dropped
+
+
+def plan_groups(
+    session: Session,
+    runtime: Runtime,
+    groups: Iterable[tuple[int, str]],
+    *,
+    now: dt.datetime,
+) -> int:
+    """Plan these (patient, protocol) groups in the caller's transaction; returns rows written."""
+    return sum(
+        plan_group(session, runtime, patient_id, protocol, now=now)
+        for patient_id, protocol in sorted(set(groups))
+    )
 
 
 def plan_pending(
