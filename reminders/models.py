@@ -143,7 +143,7 @@ class Treatment(Base):
             "patient_id",
             "protocol",
             postgresql_where=text("needs_plan"),
-            sqlite_where=text("needs_plan"),
+            sqlite_where=text("needs_plan = 1"),  # as SQLAlchemy renders the flag there
         ),
     )
 
@@ -173,7 +173,14 @@ class Reminder(Base):
             postgresql_where=text("status = 'pending'"),
             sqlite_where=text("status = 'pending'"),
         ),
-        Index("ix_reminders_status_lease", "status", "lease_until"),
+        Index("ix_reminders_status_due", "status", "due_at", "id"),  # outbox views, leases
+        Index(
+            "ix_reminders_upcoming",
+            "next_attempt_at",
+            "id",
+            postgresql_where=text("status IN ('pending', 'claimed')"),
+            sqlite_where=text("status IN ('pending', 'claimed')"),
+        ),
         Index("ix_reminders_patient", "patient_id"),
     )
 
