@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import datetime as dt
 import functools
-from collections.abc import Mapping
+import re
+import string
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -63,11 +65,110 @@ def _date(context: Context, value: dt.date, format: str = "long") -> str:
     return format_date(value, format=format, locale=context.get("language", "en"))
 
 
-def _environment(autoescape: bool) -> ImmutableSandboxedEnvironment:
-    env = ImmutableSandboxedEnvironment(
+MAX_SIZE = 100_000  # characters or items a template may build in one operation
+MAX_EXPONENT_BITS = 4_096
+
+
+class BoundedSandbox(ImmutableSandboxedEnvironment):
+    """The sandbox keeps staff templates away from Python's internals; this also keeps them
+    from exhausting memory or CPU with one expression: ``'x' * 10**10``, ``10**10**10``,
+    ``'x'.center(10**10)``, ``'x'|indent(10**10)``. A reminder never needs a number that big.
+    ``namespace`` (the one mutable object a template can grow in a loop) is not offered."""
+
+    intercepted_binops = frozenset({"*", "**"})
+
+    def __init__(self, **options: Any) -> None:
+        super().__init__(**options)
+        self.globals.pop("namespace", None)
+        self.filters = {name: _bounded(f) for name, f in self.filters.items()}
+
+    def call_binop(self, context: Context, operator: str, left: Any, right: Any) -> Any:
+        if operator == "*":
+            for seq, times in ((left, right), (right, left)):
+                if isinstance(seq, str | list | tuple) and isinstance(times, int):
+                    _check_size(len(seq) * times)
+        elif _is_int(left) and _is_int(right) and _too_big_power(left, right):
+            raise SecurityError("the power is too large")
+        return super().call_binop(context, operator, left, right)
+
+    def call(
+        __self,  # noqa: N805 (Jinja's own signature: keyword arguments may be called "self")
+        __context: Context,
+        __obj: Any,
+        *args: Any,
+        **kwargs: Any,
+    ) -> Any:
+        _check_arguments(args, kwargs)
+        return super().call(__context, __obj, *args, **kwargs)
+
+    def wrap_str_format(self, value: Any) -> Callable[..., str] | None:
+        wrapped = super().wrap_str_format(value)
+        if wrapped is not None:
+            _check_format(value.__self__)
+        return wrapped
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _too_big_power(base: int, exponent: int) -> bool:
+    return exponent > 0 and abs(base) > 1 and abs(base).bit_length() * exponent > MAX_EXPONENT_BITS
+
+
+def _check_size(size: int) -> None:
+    if size > MAX_SIZE:
+        raise SecurityError(f"the result would be too large (over {MAX_SIZE:,} characters)")
+
+
+def _check_arguments(args: tuple[Any, ...], kwargs: Mapping[str, Any]) -> None:
+    for value in (*args, *kwargs.values()):
+        if _is_int(value) and abs(value) > MAX_SIZE:
+            raise SecurityError(f"the number {value} is too large (over {MAX_SIZE:,})")
+
+
+_PRINTF_SIZES = re.compile(r"%[#0\- +]*(\d*)(?:\.(\d*))?")
+
+
+def _check_format(source: str) -> None:
+    """Widths and precisions in a ``str.format`` string (``'{:>999999999}'``)."""
+    try:
+        specs = [spec or "" for _, _, spec, _ in string.Formatter().parse(source)]
+    except ValueError:
+        return  # str.format itself reports the malformed string
+    for spec in specs:
+        for number in re.findall(r"\d+", spec):
+            _check_size(int(number))
+
+
+def _check_printf(source: Any) -> None:
+    """Widths and precisions in a ``%`` format for the ``format`` filter (``'%999999999s'``)."""
+    if isinstance(source, str):
+        for match in _PRINTF_SIZES.finditer(source):
+            for number in match.groups():
+                if number:
+                    _check_size(int(number))
+
+
+def _bounded(fn: Any) -> Any:
+    """A filter whose numeric arguments are bounded (``center``, ``indent``, ``wordwrap``...);
+    ``functools.wraps`` keeps Jinja's pass_context/pass_eval_context marks."""
+
+    @functools.wraps(fn)
+    def bounded(*args: Any, **kwargs: Any) -> Any:
+        _check_arguments(args[1:], kwargs)
+        if fn.__name__ == "do_format":
+            _check_printf(next((a for a in args if isinstance(a, str)), None))
+        return fn(*args, **kwargs)
+
+    return bounded
+
+
+def _environment(autoescape: bool) -> BoundedSandbox:
+    env = BoundedSandbox(
         undefined=StrictUndefined, autoescape=autoescape, keep_trailing_newline=False
     )
-    env.filters["date"] = _date
+    env.filters["date"] = _bounded(_date)
     return env
 
 

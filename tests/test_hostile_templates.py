@@ -112,3 +112,48 @@ def test_the_console_saves_a_hostile_template_only_if_it_renders_else_422_naming
         assert count(console, Template) == before
     if answer.status_code == 422:  # type: ignore[attr-defined]
         assert re.search(r"text(, line \d+)?</strong>: ", answer.text)  # type: ignore[attr-defined]
+
+
+# One expression must not exhaust the dispatcher's memory or CPU: every one of these would build
+# gigabytes (or a number of billions of digits) without the bounds in BoundedSandbox.
+EXHAUSTING = [
+    "{{ 'x' * 10**10 }}",
+    "{{ 10**10 * 'x' }}",
+    "{{ [0] * 10**9 }}",
+    "{{ 2 ** (10**9) }}",
+    "{{ 'x'.center(10**10) }}",
+    "{{ 'x'.ljust(width=10**10) }}",
+    "{{ 'x' | center(10**10) }}",
+    "{{ 'x' | indent(10**9) }}",
+    "{{ 'x' | wordwrap(width=10**9) }}",
+    "{{ '{:>999999999}'.format(1) }}",
+    "{{ '{0:>{1}}'.format(1, 999999999) }}",
+    "{{ '%999999999s' | format(1) }}",
+    "{{ '%*s' | format(999999999, 1) }}",
+    "{% set ns = namespace(s='x') %}{% for i in range(64) %}{% set ns.s = ns.s ~ ns.s %}"
+    "{% endfor %}{{ ns.s }}",
+]
+
+
+@pytest.mark.parametrize("expression", EXHAUSTING)
+def test_an_expression_that_would_exhaust_memory_is_refused_naming_field_and_line(
+    expression: str,
+) -> None:
+    source = f"Hello {{{{ patient.given_name }}}}\n{expression}"
+    spec = TemplateSpec(step="due", channel="sms", language="en", text=source)
+    with pytest.raises(TemplateError) as refused:
+        render(spec, CONTEXT)
+    assert refused.value.field == "text"
+    assert refused.value.line in (2, None), str(refused.value)
+    assert one_line(str(refused.value))
+
+
+def test_ordinary_arithmetic_and_formatting_still_render() -> None:
+    source = (
+        "{{ '-' * 20 }} {{ 2 ** 10 }} {{ 2.5 ** 2 }} {{ (-2) ** 3 }} {{ 6 * 7 }} "
+        "{{ '{:>6}'.format('ab') }} {{ '%05.1f' | format(3.14159) }} {{ 'x' | center(5) }}|"
+    )
+    spec = TemplateSpec(step="due", channel="sms", language="en", text=source)
+    assert render(spec, CONTEXT).text == (
+        "-------------------- 1024 6.25 -8 42     ab 003.1   x  |"
+    )
