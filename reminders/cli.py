@@ -146,6 +146,7 @@ def _serve(runtime: Runtime, banner: Callable[[], None] | None = None) -> None:
 
     from reminders.service import Service
     from reminders.web.app import create_app
+    from reminders.web.server import Server
 
     service = Service(runtime)
     s = runtime.settings
@@ -157,7 +158,7 @@ def _serve(runtime: Runtime, banner: Callable[[], None] | None = None) -> None:
         access_log=False,
         timeout_graceful_shutdown=3,  # then up to 5 s for sends in flight: out within 10 s
     )
-    server = uvicorn.Server(config)
+    server = Server(config, on_exit=service.request_stop)
     service.start()
     if banner:
         banner()

@@ -52,6 +52,7 @@ class Service:
         )
         self.stopped = threading.Event()
         self.signalled = threading.Event()
+        self._closed = False
         self._previous_handlers: dict[int, Any] = {}
 
     def tick(self, now: dt.datetime | None = None) -> dict[str, int]:
@@ -107,12 +108,18 @@ class Service:
         self.scheduler.start()
         log.info("service_started", owner=self.dispatcher.owner)
 
-    def stop(self, timeout: float = CLOSE_SECONDS) -> None:
-        """Stop ticking, give sends in flight up to ``timeout`` seconds, give back every claim."""
-        if self.stopped.is_set():
-            return
+    def request_stop(self) -> None:
+        """From a signal handler: claim and send nothing more from now on (the rest of
+        :meth:`stop` follows once the HTTP server has closed its connections)."""
         self.stopped.set()
         self.dispatcher.stopping.set()
+
+    def stop(self, timeout: float = CLOSE_SECONDS) -> None:
+        """Stop ticking, give sends in flight up to ``timeout`` seconds, give back every claim."""
+        if self._closed:
+            return
+        self._closed = True
+        self.request_stop()
         if self.scheduler.running:
             self.scheduler.shutdown(wait=False)  # a running job notices `stopped` and returns
         self.dispatcher.close(timeout)
@@ -140,6 +147,7 @@ class Service:
 
     def _on_signal(self, signum: int, _frame: FrameType | None) -> None:
         log.info("signal_received", signal=signal.Signals(signum).name)
+        self.request_stop()
         self.signalled.set()
 
 

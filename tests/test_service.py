@@ -230,6 +230,25 @@ def test_stop_finishes_within_ten_seconds_while_a_provider_call_hangs(runtime, s
     eventually(lambda: status_of(runtime, rid) == "sent")  # the late answer settles it
 
 
+def test_the_signal_stops_dispatch_at_once_before_the_http_server_has_drained(runtime) -> None:
+    """uvicorn waits up to 3 s for open connections after SIGTERM before ``run`` returns; the
+    server's signal handler stops the dispatcher first, so nothing due is claimed meanwhile."""
+    import uvicorn
+
+    from reminders.web.server import Server
+
+    now = dt.datetime.now(dt.UTC)
+    (rid,) = seed_due(runtime.engine, 1, now)
+    service = Service(runtime, owner="signalled")
+    server = Server(uvicorn.Config(lambda *_: None), on_exit=service.request_stop)
+    server.handle_exit(signal.SIGTERM, None)
+    assert server.should_exit
+    assert service.dispatcher.run_once(now=now) == Counter()
+    assert status_of(runtime, rid) == "pending"
+    service.stop()  # what `reminders run` does once uvicorn returns: still a clean stop
+    assert status_of(runtime, rid) == "pending"
+
+
 def test_the_scheduler_runs_three_coalesced_single_instance_jobs_in_memory(runtime) -> None:
     service = Service(runtime, owner="jobs")
     service.start()

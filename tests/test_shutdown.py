@@ -89,6 +89,7 @@ def test_sigterm_while_every_worker_waits_on_the_provider_exits_within_10_s_leav
         service = ServiceProcess(argv, _env(runtime, twilio), tmp_path, "stop").start()
         try:
             service.wait_for("every worker in a call", lambda: len(twilio.requests) >= 4, 60)
+            at_signal = len(twilio.requests)  # no worker is free to start another call now
             stopped = service.terminate()
         finally:
             service.kill()
@@ -98,6 +99,7 @@ def test_sigterm_while_every_worker_waits_on_the_provider_exits_within_10_s_leav
     reminders, deliveries = _state(runtime.engine)
     assert (stopped.code, stopped.seconds < 10) == (0, True), service.tail()
     assert in_flight >= CONCURRENCY  # every worker was inside a call at SIGTERM
+    assert in_flight == at_signal  # and no call started after it, even once workers were free
     assert reminders["claimed"] == 0 and deliveries["sending"] == 0
     left = BACKLOG - in_flight  # never reached the provider: given back
     if finished:  # the answers came within the wait: recorded as sent
