@@ -17,10 +17,10 @@ import datetime as dt
 import functools
 import json
 import secrets
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from decimal import Decimal
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, TypeVar
 
 from fastapi import APIRouter, Depends, HTTPException, Request
 from fastapi.concurrency import run_in_threadpool
@@ -55,6 +55,7 @@ from reminders.upsert import (
 )
 
 log = get_logger(__name__)
+R = TypeVar("R")
 router = APIRouter(prefix="/api/v1")
 _bearer = HTTPBearer(auto_error=False, description="REMINDERS_API_TOKEN")
 ACTOR = "api"
@@ -263,6 +264,19 @@ def _audit(session: Session, action: str, subject: str, outcome: Outcome) -> Non
     log.info("api_" + action.replace(".", "_"), external_id=subject, result=outcome.value)
 
 
+def _parsed(
+    parser: Callable[[dict[str, Any], Rules], R],
+    runtime: Runtime,
+    body: dict[str, Any],
+    now: dt.datetime,
+) -> R:
+    """The record a body describes; a 422 naming every bad field otherwise."""
+    try:
+        return parser(body, Rules.of(runtime.settings, runtime.protocols, now))
+    except InvalidRecordError as exc:
+        raise _invalid(exc.problems) from None
+
+
 def _answer(outcome: Outcome, key: str, value: Any) -> JSONResponse:
     status = 201 if outcome is Outcome.CREATED else 200
     return JSONResponse({"result": outcome.value, key: value}, status_code=status)
@@ -283,10 +297,7 @@ async def put_patient(external_id: str, request: Request, runtime: Authorised) -
 @_retrying
 def _put_patient(runtime: Runtime, body: dict[str, Any]) -> JSONResponse:
     now = runtime.clock()
-    try:
-        record = parse_patient(body, Rules.of(runtime.settings, runtime.protocols, now))
-    except InvalidRecordError as exc:
-        raise _invalid(exc.problems) from None
+    record = _parsed(parse_patient, runtime, body, now)
     with _transaction(runtime) as session:
         [outcome] = upsert_patients(session, runtime, [record], source=ACTOR, now=now)
         _audit(session, "patient.put", record.external_id, outcome)
@@ -309,10 +320,7 @@ async def put_treatment(external_id: str, request: Request, runtime: Authorised)
 @_retrying
 def _put_treatment(runtime: Runtime, body: dict[str, Any]) -> JSONResponse:
     now = runtime.clock()
-    try:
-        record = parse_treatment(body, Rules.of(runtime.settings, runtime.protocols, now))
-    except InvalidRecordError as exc:
-        raise _invalid(exc.problems) from None
+    record = _parsed(parse_treatment, runtime, body, now)
     unknown = [Problem("patient_external_id", "no patient with this external_id")]
     with _transaction(runtime) as session:
         if not patient_ids(session, [record.patient_external_id]):
