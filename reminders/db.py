@@ -8,16 +8,18 @@ so local time can never leak into the database.
 from __future__ import annotations
 
 import datetime as dt
+import os
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any, ClassVar
 
 from sqlalchemy import DateTime, Engine, create_engine, event
-from sqlalchemy.engine import Dialect
+from sqlalchemy.engine import Dialect, make_url
 from sqlalchemy.orm import DeclarativeBase, Session, sessionmaker
 from sqlalchemy.types import TypeDecorator
 
 UTC = dt.UTC
+CONNECT_TIMEOUT = 10  # seconds, PostgreSQL (overridden by the URL or PGCONNECT_TIMEOUT)
 
 
 class UTCDateTime(TypeDecorator[dt.datetime]):
@@ -61,6 +63,10 @@ def make_engine(url: str, **kwargs: Any) -> Engine:
         event.listen(engine, "begin", _sqlite_on_begin)
         return engine
     kwargs.setdefault("pool_pre_ping", True)
+    if "connect_timeout" not in make_url(url).query and not os.environ.get("PGCONNECT_TIMEOUT"):
+        # An unreachable server fails a connection in seconds, not the OS's minutes: start-up
+        # retries and the job backoff then take over.
+        kwargs.setdefault("connect_args", {}).setdefault("connect_timeout", CONNECT_TIMEOUT)
     return create_engine(url, **kwargs)
 
 

@@ -138,6 +138,17 @@ class Settings(BaseModel):
             raise ValueError(f"unknown country code {value!r} (use ISO 3166 alpha-2, e.g. TR)")
         return value
 
+    @validator("log_level", mode="before")
+    @classmethod
+    def _level_any_case(cls, value: object) -> object:
+        """``info`` means INFO, as in most tools."""
+        return value.strip().upper() if isinstance(value, str) else value
+
+    @validator("log_format", mode="before")
+    @classmethod
+    def _format_any_case(cls, value: object) -> object:
+        return value.strip().lower() if isinstance(value, str) else value
+
     @validator("default_language")
     @classmethod
     def _known_language(cls, value: str) -> str:

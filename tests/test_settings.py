@@ -61,12 +61,46 @@ def test_an_empty_variable_counts_as_not_given() -> None:
         ("REMINDERS_DELIVERY_MODE", "pigeon", "REMINDERS_DELIVERY_MODE"),
         ("REMINDERS_DISPATCH_INTERVAL", "-1", "REMINDERS_DISPATCH_INTERVAL: must be greater"),
         ("REMINDERS_SEND_WINDOW_END", "08:00", "REMINDERS_SEND_WINDOW_START must be before"),
+        ("REMINDERS_LOG_LEVEL", "verbose", "REMINDERS_LOG_LEVEL: Input should be 'DEBUG'"),
     ],
 )
 def test_a_bad_value_is_one_message_naming_the_variable(variable, value, message) -> None:
     with pytest.raises(ConfigError, match=message) as caught:
         load_settings({"REMINDERS_CONFIG_DIR": str(CONFIG), variable: value})
     assert "\n" not in str(caught.value)
+
+
+def test_log_level_and_format_are_read_in_any_case() -> None:
+    s = load_settings(
+        {"REMINDERS_LOG_LEVEL": "debug", "REMINDERS_LOG_FORMAT": "Console "}, config_dir=CONFIG
+    )
+    assert (s.log_level, s.log_format) == ("DEBUG", "console")
+
+
+def test_a_postgresql_server_that_never_answers_fails_the_connection_in_seconds(
+    monkeypatch,
+) -> None:
+    """A server that accepts TCP but never speaks (a hung host behind a proxy) must not hold a
+    job or the start-up for the OS's minutes."""
+    import socket
+    import time
+
+    from sqlalchemy.exc import OperationalError
+
+    from reminders import db
+
+    monkeypatch.delenv("PGCONNECT_TIMEOUT", raising=False)
+    monkeypatch.setattr(db, "CONNECT_TIMEOUT", 1)
+    with socket.socket() as silent:
+        silent.bind(("127.0.0.1", 0))
+        silent.listen(8)  # the kernel completes the handshake; nobody ever reads
+        port = silent.getsockname()[1]
+        engine = db.make_engine(f"postgresql+psycopg://postgres@127.0.0.1:{port}/test")
+        started = time.monotonic()
+        with pytest.raises(OperationalError):
+            engine.connect()
+        assert time.monotonic() - started < 5
+        engine.dispose()
 
 
 def test_codes_are_put_in_canonical_form() -> None:
