@@ -17,6 +17,7 @@ from sqlalchemy import (
     JSON,
     Boolean,
     Date,
+    Float,
     ForeignKey,
     Index,
     Integer,
@@ -314,6 +315,16 @@ class SyncState(Base):
     cursor: Mapped[str | None] = mapped_column(String(64))
     last_run_at: Mapped[dt.datetime | None]
     last_error: Mapped[str | None] = mapped_column(String(500))
+
+
+class SendSlot(Base):
+    """One sender's rate, shared by every replica: the next free moment (Unix seconds) to
+    send on it. :class:`reminders.ratelimit.SharedRateLimiter` reserves slots here."""
+
+    __tablename__ = "send_slots"
+
+    channel: Mapped[str] = mapped_column(String(16), primary_key=True)
+    next_slot: Mapped[float] = mapped_column(Float(precision=53))
 
 
 class User(Base):

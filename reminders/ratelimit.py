@@ -1,10 +1,24 @@
-"""A messages-per-second limit per sender, shared by all dispatch workers of a process."""
+"""A messages-per-second limit per sender: :class:`RateLimiter` for the dispatch workers of
+one process, :class:`SharedRateLimiter` for every replica on one database."""
 
 from __future__ import annotations
 
 import threading
 import time
+from collections import deque
 from collections.abc import Callable
+from typing import Any
+
+from sqlalchemy import func, update
+from sqlalchemy.dialects.postgresql import insert as pg_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy.orm import Session
+
+from reminders.logs import get_logger
+from reminders.models import SendSlot
+
+log = get_logger(__name__)
 
 
 class RateLimiter:
@@ -59,3 +73,108 @@ class RateLimiter:
         with self._lock:
             self._next = max(self._next, monotonic_at)
             self._held_until = max(self._held_until, monotonic_at)
+
+
+class SharedRateLimiter:
+    """A sender's rate kept across every process on one database (``send_slots``).
+
+    A slot is reserved with one atomic ``UPDATE ... RETURNING``:
+    ``next_slot = max(next_slot, now) + k / rate``. A process reserves up to ``BLOCK_SECONDS``
+    worth of slots at a time, so a fast sender costs one statement per block, not per message;
+    a reserved slot still unused once it has passed is dropped (using it late would send a
+    burst). Slots are wall-clock (Unix) times: replicas' clocks must agree to a fraction of the
+    interval, as NTP keeps them. A provider's hold (429) moves the shared slot too, so every
+    replica waits. If the database cannot be reached, the process spaces its own sends.
+    """
+
+    BLOCK_SECONDS = 0.1
+
+    def __init__(
+        self,
+        sessions: Callable[[], Session],
+        channel: str,
+        rate: float,
+        clock: Callable[[], float] = time.time,
+        monotonic: Callable[[], float] = time.monotonic,
+    ) -> None:
+        if rate <= 0:
+            raise ValueError("rate must be positive")
+        self.channel, self.interval = channel, 1.0 / rate
+        self.block = max(1, int(rate * self.BLOCK_SECONDS))
+        self._sessions, self._clock, self._monotonic = sessions, clock, monotonic
+        self._slots: deque[float] = deque()  # reserved for this process, oldest first
+        self._held_until = 0.0
+        self._local_next = 0.0  # when the database is away
+        self._lock = threading.Lock()
+
+    def acquire(self, stop: threading.Event | None = None) -> float:
+        """Wait for this caller's slot (or until ``stop`` is set); returns the seconds waited.
+        A hold that arrives while the caller waits voids its slot: it takes one after it."""
+        waited = 0.0
+        while True:
+            slot = self._next_slot()
+            wait = slot - self._clock()
+            if wait > 0:
+                waited += wait
+                if stop is None:
+                    time.sleep(wait)
+                elif stop.wait(wait):
+                    return waited
+            with self._lock:
+                if self._held_until <= slot:
+                    return waited
+
+    def hold_until(self, monotonic_at: float) -> None:
+        """The provider said stop (429): no replica sends on this sender before then."""
+        until = self._clock() + (monotonic_at - self._monotonic())
+        with self._lock:
+            self._held_until = max(self._held_until, until)
+            self._local_next = max(self._local_next, until)
+            while self._slots and self._slots[0] < until:
+                self._slots.popleft()
+        try:
+            with self._sessions() as session, session.begin():
+                session.execute(self._move(session, until))
+        except SQLAlchemyError as exc:
+            log.warning("shared_hold_not_recorded", channel=self.channel, error=type(exc).__name__)
+
+    def _next_slot(self) -> float:
+        with self._lock:
+            now = self._clock()
+            while self._slots and self._slots[0] < now - self.interval:
+                self._slots.popleft()  # passed unused: sending on it now would be a burst
+            if not self._slots:
+                self._slots.extend(self._reserve(now))
+            return self._slots.popleft()
+
+    def _reserve(self, now: float) -> list[float]:
+        count = self.block
+        try:
+            with self._sessions() as session, session.begin():
+                take = self._move(session, max(now, self._held_until), count * self.interval)
+                end = session.scalar(take)
+                if end is None:  # the first send on this sender
+                    session.execute(self._first(session, now))
+                    end = session.scalar(take)
+        except SQLAlchemyError as exc:
+            log.warning("shared_rate_unavailable", channel=self.channel, error=type(exc).__name__)
+            slot = max(now, self._local_next, self._held_until)
+            self._local_next = slot + self.interval
+            return [slot]
+        start = float(end) - count * self.interval
+        return [start + i * self.interval for i in range(count)]
+
+    def _move(self, session: Session, at_least: float, advance: float = 0.0) -> Any:
+        postgres = session.get_bind().dialect.name == "postgresql"
+        greatest = func.greatest if postgres else func.max  # SQLite's max() of two values
+        return (
+            update(SendSlot)
+            .where(SendSlot.channel == self.channel)
+            .values(next_slot=greatest(SendSlot.next_slot, at_least) + advance)
+            .returning(SendSlot.next_slot)
+        )
+
+    def _first(self, session: Session, now: float) -> Any:
+        postgres = session.get_bind().dialect.name == "postgresql"
+        insert = pg_insert if postgres else sqlite_insert
+        return insert(SendSlot).values(channel=self.channel, next_slot=now).on_conflict_do_nothing()

@@ -1,0 +1,107 @@
+"""One sender's rate across replicas: :class:`SharedRateLimiter` reserves send slots in the
+database (``send_slots``), so two processes together keep the rate one would keep alone.
+Two limiters on one database stand for two replicas here; ``tests/test_rate_limits_e2e.py``
+runs two real ``reminders run`` processes against a fake Twilio."""
+
+from __future__ import annotations
+
+import threading
+import time
+
+from sqlalchemy import event, select
+
+from reminders.db import make_engine, make_sessionmaker
+from reminders.models import SendSlot
+from reminders.ratelimit import SharedRateLimiter
+
+JITTER = 0.03  # thread scheduling noise between a slot and the caller waking up
+
+
+def busiest(times: list[float], window: float = 1.0) -> int:
+    """The most calls inside any ``window`` seconds."""
+    times = sorted(times)
+    return max(sum(1 for t in times[i:] if t < start + window) for i, start in enumerate(times))
+
+
+def together(limiters: list[SharedRateLimiter], calls: int, threads: int) -> list[float]:
+    """``calls`` acquires per limiter from ``threads`` threads each; the moments they return."""
+    moments: list[float] = []
+    lock = threading.Lock()
+
+    def work(limiter: SharedRateLimiter, n: int) -> None:
+        for _ in range(n):
+            limiter.acquire()
+            with lock:
+                moments.append(time.time())
+
+    workers = [
+        threading.Thread(target=work, args=(limiter, calls // threads))
+        for limiter in limiters
+        for _ in range(threads)
+    ]
+    for w in workers:
+        w.start()
+    for w in workers:
+        w.join(30)
+    return moments
+
+
+def test_two_replicas_together_keep_the_rate_of_one(runtime) -> None:
+    rate = 20.0
+    replicas = [SharedRateLimiter(runtime.sessions, "sms", rate) for _ in range(2)]
+    started = time.time()
+    moments = together(replicas, calls=20, threads=4)
+    assert len(moments) == 40
+    assert busiest(moments) <= rate + 1
+    assert max(moments) - started >= (40 - 1) / rate - JITTER  # spaced, not merely capped
+
+
+def test_a_fast_sender_reserves_slots_in_blocks_not_a_statement_per_message(runtime) -> None:
+    updates: list[str] = []
+
+    def count(_conn, _cursor, statement: str, *_args: object) -> None:
+        if statement.lstrip().upper().startswith("UPDATE SEND_SLOTS"):
+            updates.append(statement)
+
+    event.listen(runtime.engine, "before_cursor_execute", count)
+    try:
+        limiter = SharedRateLimiter(runtime.sessions, "email", 500.0)
+        assert limiter.block == 50
+        for _ in range(200):
+            limiter.acquire()
+    finally:
+        event.remove(runtime.engine, "before_cursor_execute", count)
+    assert 4 <= len(updates) <= 6  # 200 slots in blocks of 50 (a passed block is dropped)
+
+
+def test_a_providers_hold_on_one_replica_holds_the_other(runtime) -> None:
+    first = SharedRateLimiter(runtime.sessions, "whatsapp", 50.0)
+    second = SharedRateLimiter(runtime.sessions, "whatsapp", 50.0)
+    first.acquire()
+    first.hold_until(time.monotonic() + 0.5)  # a 429 with Retry-After: 0.5
+    started = time.monotonic()
+    second.acquire()
+    assert time.monotonic() - started >= 0.5 - JITTER
+    with runtime.sessions() as session:
+        assert session.scalar(select(SendSlot.next_slot)) >= time.time() - 0.5
+
+
+def test_slots_left_unused_until_they_passed_are_not_spent_in_a_burst(runtime) -> None:
+    limiter = SharedRateLimiter(runtime.sessions, "sms", 100.0)  # blocks of 10
+    limiter.acquire()
+    time.sleep(0.3)  # the other 9 slots of the block have passed
+    started = time.monotonic()
+    for _ in range(9):
+        limiter.acquire()
+    assert time.monotonic() - started >= 8 / 100.0 - JITTER
+
+
+def test_without_the_database_a_replica_spaces_its_own_sends(runtime) -> None:
+    away = make_engine("postgresql+psycopg://postgres@127.0.0.1:9/nowhere")  # nothing listens
+    try:
+        limiter = SharedRateLimiter(make_sessionmaker(away), "sms", 20.0)
+        moments = together([limiter], calls=10, threads=2)
+    finally:
+        away.dispose()
+    assert len(moments) == 10
+    assert max(moments) - min(moments) >= 9 / 20.0 - JITTER
