@@ -4,8 +4,8 @@
 starts with ``whatsapp:``) for every patient with that number; ``START`` undoes it; ``HELP``
 gets the clinic's contact line; anything else is stored against the patient for staff. Twilio's
 Advanced Opt-Out verdict (``OptOutType``) wins over our reading of the body, which follows
-Twilio's default keywords: the whole body, case-insensitive. Repeats of one ``MessageSid`` count
-once. Bodies are stored (staff read them) and never logged.
+Twilio's default keywords and their Turkish equivalents: the whole body, case-insensitive.
+Repeats of one ``MessageSid`` count once. Bodies are stored (staff read them) and never logged.
 """
 
 from __future__ import annotations
@@ -32,9 +32,15 @@ class Kind(enum.StrEnum):
 
 
 KEYWORDS: dict[str, Kind] = {
+    # Twilio's default keywords
     **dict.fromkeys(("STOP", "STOPALL", "UNSUBSCRIBE", "CANCEL", "END", "QUIT"), Kind.STOP),
     **dict.fromkeys(("START", "YES", "UNSTOP"), Kind.START),
     "HELP": Kind.HELP,
+    # Turkish: RET is the opt-out word of Turkey's message registry (IYS); with and without
+    # the Turkish letters, as phones often type them
+    **dict.fromkeys(("RET", "İPTAL", "IPTAL", "DUR"), Kind.STOP),
+    **dict.fromkeys(("BAŞLA", "BASLA", "EVET"), Kind.START),
+    "YARDIM": Kind.HELP,
 }
 
 

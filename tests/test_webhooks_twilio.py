@@ -352,7 +352,10 @@ def new_patient(rt: Runtime, **fields) -> tuple[int, str]:
         return p.id, p.phone
 
 
-@pytest.mark.parametrize("body", ["STOP", "stop", " Unsubscribe ", "quit", "Stop.", "STOPALL"])
+@pytest.mark.parametrize(
+    "body",
+    ["STOP", "stop", " Unsubscribe ", "quit", "Stop.", "STOPALL", "RET", "ret", "İptal", "iptal"],
+)
 def test_a_stop_word_opts_the_number_out_of_sms(web, client, twilio, body) -> None:
     patient_id, phone = new_patient(web)
     answer = twilio_post(client, twilio, INBOUND_PATH, inbound_params(phone, body))
@@ -372,11 +375,12 @@ def test_a_whatsapp_stop_opts_out_of_whatsapp_only(web, client, twilio) -> None:
     assert sms is not None and sms.usable
 
 
-def test_start_undoes_a_stop(web, client, twilio) -> None:
+@pytest.mark.parametrize(("stop", "start"), [("STOP", "start"), ("ret", "Başla")])
+def test_start_undoes_a_stop(web, client, twilio, stop, start) -> None:
     patient_id, phone = new_patient(web)
-    twilio_post(client, twilio, INBOUND_PATH, inbound_params(phone, "STOP"))
+    twilio_post(client, twilio, INBOUND_PATH, inbound_params(phone, stop))
     web.clock = lambda: NOW + dt.timedelta(days=1)
-    twilio_post(client, twilio, INBOUND_PATH, inbound_params(phone, "start"))
+    twilio_post(client, twilio, INBOUND_PATH, inbound_params(phone, start))
     row = consent(web, patient_id, "sms")
     assert row is not None and row.usable and row.granted_source == "twilio"
     assert [r.kind for r in replies(web)] == ["stop", "start"]
