@@ -173,8 +173,10 @@ def _serve(runtime: Runtime, banner: Callable[[], None] | None = None) -> None:
 
 
 def _require_schema(runtime: Runtime, *, wait: bool = False) -> None:
-    """The schema must be at head; with ``wait``, an unreachable database is waited for."""
-    check = functools.partial(migrations.at_head, runtime.engine)
+    """The schema must be at head (or newer: a rolling upgrade, see
+    :func:`reminders.migrate.schema_problem`); with ``wait``, an unreachable database is
+    waited for."""
+    check = functools.partial(migrations.compatible, runtime.engine)
     with _database_errors():
         ready = migrations.when_available(runtime.engine, check) if wait else check()
     if not ready:

@@ -89,6 +89,30 @@ def at_head(engine: Engine) -> bool:
     return current_revision(engine) == head_revision()
 
 
+@functools.cache
+def known_revisions() -> frozenset[str]:
+    """Every revision the installed code knows."""
+    scripts = ScriptDirectory.from_config(alembic_config())
+    return frozenset(script.revision for script in scripts.walk_revisions())
+
+
+def schema_problem(current: str | None, head: str | None = None) -> str | None:
+    """Whether this code can work on a database whose schema is at ``current``: None when it
+    can, else what is wrong. At head it can. At a revision this code does not know, a newer
+    release has migrated it (a rolling upgrade): it can, because every revision keeps the
+    previous release working (add first; drop what it still reads only a release later).
+    Behind head, or with no schema, it cannot: `reminders migrate` first."""
+    head = head or head_revision()
+    if current == head or (current is not None and current not in known_revisions()):
+        return None
+    return f"schema at {current or 'nothing'}, not {head}: run `reminders migrate`"
+
+
+def compatible(engine: Engine) -> bool:
+    """The schema is at head, or newer (see :func:`schema_problem`)."""
+    return schema_problem(current_revision(engine)) is None
+
+
 def is_unavailable(exc: BaseException) -> bool:
     """The database could not be reached or the connection broke (worth retrying later)."""
     if isinstance(exc, OperationalError | InterfaceError):

@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 from fastapi.testclient import TestClient
 from prometheus_client.parser import text_string_to_metric_families
+from sqlalchemy import text
 
 from reminders import migrate
 from reminders.channels import ChannelError, ErrorKind
@@ -96,6 +97,26 @@ def test_readyz_is_503_until_the_schema_is_at_head(settings, tmp_path) -> None:
     assert empty.status_code == 503 and "run `reminders migrate`" in empty.text
     assert at_head.status_code == 200
     assert behind.status_code == 503 and "schema at nothing" in behind.text
+
+
+def test_readyz_stays_ready_once_a_newer_release_migrated_the_schema(settings, tmp_path) -> None:
+    """A rolling upgrade: the new release migrates first, the old replicas keep serving until
+    they are replaced (every revision keeps the previous release working). A schema one step
+    behind this code is still not ready."""
+    with (
+        empty_database(tmp_path) as url,
+        other_runtime(settings, url) as rt,
+        TestClient(create_app(rt)) as client,
+    ):
+        migrate.upgrade(rt.engine)
+        with rt.engine.begin() as conn:  # a revision from the future, unknown to this code
+            conn.execute(text("UPDATE alembic_version SET version_num = 'f00d'"))
+        newer = client.get("/readyz")
+        with rt.engine.begin() as conn:
+            conn.execute(text("UPDATE alembic_version SET version_num = '0001'"))
+        older = client.get("/readyz")
+    assert (newer.status_code, newer.text) == (200, "ready")
+    assert older.status_code == 503 and "schema at 0001, not " in older.text
 
 
 def unreachable_urls(tmp_path: Path) -> list[str]:

@@ -19,7 +19,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from reminders import queries
 from reminders.logs import get_logger
-from reminders.migrate import head_revision
+from reminders.migrate import head_revision, schema_problem
 from reminders.runtime import Runtime
 
 log = get_logger(__name__)
@@ -46,9 +46,7 @@ class Probes:
         """None when ready; else what is wrong."""
         with self.runtime.engine.connect() as conn:
             current = MigrationContext.configure(conn).get_current_revision()
-        if current != self.head:
-            return f"schema at {current or 'nothing'}, not {self.head}: run `reminders migrate`"
-        return None
+        return schema_problem(current, self.head)
 
     def gauges(self) -> None:
         with self.runtime.sessions() as session:
