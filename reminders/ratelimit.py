@@ -42,8 +42,9 @@ class RateLimiter:
         self._held_until = 0.0
         self._lock = threading.Lock()
 
-    def acquire(self, stop: threading.Event | None = None) -> float:
+    def acquire(self, stop: threading.Event | None = None, cost: int = 1) -> float:
         """Wait for this caller's slot (or until ``stop`` is set); returns the seconds due.
+        ``cost``: how many slots the call takes (an SMS of 3 segments counts 3 at Twilio).
 
         A hold (``hold_until``) that arrives while a caller waits for its slot still applies
         to it: on waking, the caller checks the hold and takes a new slot after it.
@@ -51,7 +52,7 @@ class RateLimiter:
         with self._lock:
             now = self._clock()
             slot = max(now, self._next)
-            self._next = slot + self.interval
+            self._next = slot + self.interval * cost
         waited = 0.0
         while True:
             wait = slot - self._clock()
@@ -66,7 +67,7 @@ class RateLimiter:
                 if self._held_until <= slot:
                     return waited
                 slot = max(self._held_until, self._next)
-                self._next = slot + self.interval
+                self._next = slot + self.interval * cost
 
     def hold_until(self, monotonic_at: float) -> None:
         """The provider said stop (429): nobody sends on this sender before ``monotonic_at``."""
@@ -107,12 +108,13 @@ class SharedRateLimiter:
         self._local_next = 0.0  # when the database is away
         self._lock = threading.Lock()
 
-    def acquire(self, stop: threading.Event | None = None) -> float:
+    def acquire(self, stop: threading.Event | None = None, cost: int = 1) -> float:
         """Wait for this caller's slot (or until ``stop`` is set); returns the seconds waited.
-        A hold that arrives while the caller waits voids its slot: it takes one after it."""
+        ``cost`` slots are taken (SMS segments); the call goes at the first. A hold that
+        arrives while the caller waits voids its slot: it takes one after it."""
         waited = 0.0
         while True:
-            slot = self._next_slot()
+            slot = min(self._next_slot() for _ in range(max(cost, 1)))
             wait = slot - self._clock()
             if wait > 0:
                 waited += wait
@@ -151,6 +153,8 @@ class SharedRateLimiter:
         count = self.block
         try:
             with self._sessions() as session, session.begin():
+                session.connection()  # a new connection can take a while: `now` comes after
+                now = self._clock()
                 take = self._move(session, max(now, self._held_until), count * self.interval)
                 end = session.scalar(take)
                 if end is None:  # the first send on this sender
