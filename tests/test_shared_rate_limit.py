@@ -54,7 +54,7 @@ def test_two_replicas_together_keep_the_rate_of_one(runtime) -> None:
     moments = together(replicas, calls=20, threads=4)
     assert len(moments) == 40
     # Each replica alone would finish in half the time. Wake-ups come late on a loaded machine
-    # (never early), which can bunch two of them: one call over the rate in a window at most.
+    # (never early), which can bunch a few of them into one window.
     assert max(moments) - started >= (40 - 1) / rate - JITTER
     assert busiest(moments) <= rate + 2
 
