@@ -18,6 +18,7 @@ from reminders.channels.recording import RecordingSender
 from reminders.db import Base, make_engine
 from reminders.runtime import Runtime, build_runtime
 from reminders.settings import Settings, load_settings
+from tests.fakes import FakeSendGrid, FakeTwilio
 
 ROOT = Path(__file__).resolve().parent.parent
 CONFIG = ROOT / "config"
@@ -92,6 +93,20 @@ def empty_database(rt: Runtime) -> None:
     with rt.engine.begin() as conn:
         for table in reversed(Base.metadata.sorted_tables):
             conn.execute(table.delete())
+
+
+@pytest.fixture
+def twilio() -> Iterator[FakeTwilio]:
+    """A fake Twilio serving on 127.0.0.1 (a test module may define its own)."""
+    with FakeTwilio() as fake:
+        yield fake
+
+
+@pytest.fixture
+def sendgrid() -> Iterator[FakeSendGrid]:
+    """A fake SendGrid serving on 127.0.0.1."""
+    with FakeSendGrid() as fake:
+        yield fake
 
 
 @pytest.fixture

@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 from reminders.channels import Attachment, OutboundMessage
+from reminders.channels.registry import build_senders
+from reminders.runtime import Runtime, build_runtime
 from reminders.settings import Settings
 from reminders.templating import Rendered
 from tests.fakes import FakeSendGrid, FakeTwilio
@@ -43,6 +47,20 @@ def provider_settings(
     values |= overrides
     fields = {**base.model_dump(), **values}
     return Settings.model_validate({k: v for k, v in fields.items() if v is not None})
+
+
+@contextmanager
+def live_runtime(settings: Settings) -> Iterator[Runtime]:
+    """A runtime with the real senders the settings describe (the SDKs against the fakes);
+    its database is emptied afterwards."""
+    from tests.conftest import empty_database
+
+    rt = build_runtime(settings, build_senders(settings))
+    try:
+        yield rt
+    finally:
+        empty_database(rt)
+        rt.close()
 
 
 def outbound(

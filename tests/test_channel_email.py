@@ -5,7 +5,6 @@ from __future__ import annotations
 import base64
 import datetime as dt
 import time
-from collections.abc import Iterator
 from typing import Any
 
 import icalendar
@@ -23,12 +22,6 @@ from tests.provider_setup import FROM_EMAIL, TEMPLATE_ID, outbound, provider_set
 PATIENT = "ayse@example.com"
 WINDOW = Window(open=dt.date(2026, 3, 4), target=dt.date(2026, 3, 10), close=dt.date(2026, 4, 3))
 RECIPIENT_FIELD = "personalizations.0.to.0.email"
-
-
-@pytest.fixture
-def sendgrid() -> Iterator[FakeSendGrid]:
-    with FakeSendGrid() as fake:
-        yield fake
 
 
 def email_sender(settings: Settings, fake: FakeSendGrid, **overrides: object) -> EmailSender:

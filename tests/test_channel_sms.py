@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import datetime as dt
 import time
-from collections.abc import Iterator
 from email.utils import format_datetime
 
 import pytest
@@ -22,12 +21,6 @@ from tests.provider_setup import PUBLIC_URL, SERVICE_SID, SMS_FROM, outbound, pr
 
 PATIENT = "+905321234567"
 TURKISH = "Ayşe, Işıklı kliniğindeki tedavinizin zamanı geldi. Lütfen randevu alın."
-
-
-@pytest.fixture
-def twilio() -> Iterator[FakeTwilio]:
-    with FakeTwilio() as fake:
-        yield fake
 
 
 def sms_sender(settings: Settings, fake: FakeTwilio, **overrides: object) -> SmsSender:

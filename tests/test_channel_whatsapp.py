@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -19,12 +18,6 @@ from tests.provider_setup import CONTENT_SID, PUBLIC_URL, WHATSAPP_FROM, outboun
 
 PATIENT = "+905321234567"
 VARIABLES = {"1": "Ayşe", "2": "4 Mar 2026"}
-
-
-@pytest.fixture
-def twilio() -> Iterator[FakeTwilio]:
-    with FakeTwilio() as fake:
-        yield fake
 
 
 def wa_sender(settings: Settings, fake: FakeTwilio, **overrides: object) -> WhatsAppSender:

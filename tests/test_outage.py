@@ -22,12 +22,9 @@ from typing import Any
 import pytest
 from fastapi.testclient import TestClient
 
-from reminders.channels.registry import build_senders
-from reminders.runtime import Runtime, build_runtime
+from reminders.runtime import Runtime
 from reminders.service import Service
-from reminders.settings import Settings
 from reminders.web.app import create_app
-from tests.conftest import empty_database
 from tests.fakes import FakeSendGrid, FakeTwilio, RecordedRequest, Reply
 from tests.fakes.sendgrid import sendgrid_error
 from tests.fakes.twilio import twilio_error
@@ -42,7 +39,7 @@ from tests.fault_support import (
     statuses,
     wait_until,
 )
-from tests.provider_setup import PUBLIC_URL, provider_settings
+from tests.provider_setup import PUBLIC_URL, live_runtime, provider_settings
 from tests.webhook_support import dispatch, history, state, twilio_post
 
 NOW = dt.datetime(2026, 3, 4, 8, 0, tzinfo=dt.UTC)
@@ -51,29 +48,6 @@ HANG = 20.0  # seconds of requests that hang past the timeout
 RECOVERY_LIMIT = 120.0  # everything sent within this long after the provider is back
 BASE, CAP = 1.0, 20.0  # REMINDERS_RETRY_BASE_SECONDS / _MAX_SECONDS for the outage run
 LAG = 1.5  # a retry is timed from its dispatch batch, which may start this much before the send
-
-
-@pytest.fixture
-def twilio() -> Iterator[FakeTwilio]:
-    with FakeTwilio() as fake:
-        yield fake
-
-
-@pytest.fixture
-def sendgrid() -> Iterator[FakeSendGrid]:
-    with FakeSendGrid() as fake:
-        yield fake
-
-
-@contextmanager
-def live(settings: Settings) -> Iterator[Runtime]:
-    """A runtime with the real senders the settings describe; emptied afterwards."""
-    rt = build_runtime(settings, build_senders(settings))
-    try:
-        yield rt
-    finally:
-        empty_database(rt)
-        rt.close()
 
 
 @contextmanager
@@ -105,7 +79,9 @@ def grace(rt: Runtime) -> dt.timedelta:
 def test_a_message_the_provider_accepted_but_answered_too_late_is_not_sent_twice(
     settings, twilio
 ) -> None:
-    with live(provider_settings(settings, twilio, provider_timeout=0.5, sms_rate=50.0)) as rt:
+    with live_runtime(
+        provider_settings(settings, twilio, provider_timeout=0.5, sms_rate=50.0)
+    ) as rt:
         [due] = seed_due(rt.engine, 1, "sms", NOW)
         twilio.hang_next(2.0, accept=True)  # created at once, answered after the timeout
         assert dispatch(rt, NOW) == {"in_doubt": 1}
@@ -132,7 +108,7 @@ def test_a_message_the_provider_accepted_but_answered_too_late_is_not_sent_twice
 def test_a_message_the_provider_dropped_is_sent_again_once_the_grace_period_is_over(
     settings, sendgrid
 ) -> None:
-    with live(provider_settings(settings, sendgrid=sendgrid, provider_timeout=0.5)) as rt:
+    with live_runtime(provider_settings(settings, sendgrid=sendgrid, provider_timeout=0.5)) as rt:
         [due] = seed_due(rt.engine, 1, "email", NOW)
         sendgrid.hang_next(2.0)  # never processed, no answer before the timeout
         assert dispatch(rt, NOW) == {"in_doubt": 1}
@@ -207,7 +183,7 @@ def test_a_minute_of_503s_loses_nothing_backs_off_and_all_goes_out_soon_after(
         sms_rate=100.0,
         email_rate=100.0,
     )
-    with live(s) as rt:
+    with live_runtime(s) as rt:
         now = dt.datetime.now(dt.UTC)
         due = seed_due(rt.engine, 40, "sms", now) + seed_due(rt.engine, 40, "email", now)
         recovered = time.monotonic() + OUTAGE
@@ -278,7 +254,7 @@ def test_a_provider_that_hangs_past_the_timeout_loses_nothing_and_sends_each_onc
         sms_rate=100.0,
         email_rate=100.0,
     )
-    with live(s) as rt:
+    with live_runtime(s) as rt:
         now = dt.datetime.now(dt.UTC)
         due = seed_due(rt.engine, 12, "sms", now) + seed_due(rt.engine, 12, "email", now)
         recovered = time.monotonic() + HANG

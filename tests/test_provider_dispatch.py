@@ -19,17 +19,15 @@ import pytest
 from sqlalchemy import select
 from structlog.testing import capture_logs
 
-from reminders.channels.registry import build_senders
 from reminders.dispatch import Dispatcher
 from reminders.models import Consent, Delivery, Patient, Reminder, Template
 from reminders.planner import plan_pending
-from reminders.runtime import Runtime, build_runtime
+from reminders.runtime import Runtime
 from reminders.settings import Settings
 from tests import factories
-from tests.conftest import empty_database
 from tests.fakes import FakeSendGrid, FakeTwilio
 from tests.fakes.twilio import num_segments
-from tests.provider_setup import CONTENT_SID, PUBLIC_URL, provider_settings
+from tests.provider_setup import CONTENT_SID, PUBLIC_URL, live_runtime, provider_settings
 
 NOW = dt.datetime(2026, 3, 4, 8, 0, tzinfo=dt.UTC)  # 11:00 in Istanbul
 TREATED = NOW.date() - dt.timedelta(days=84)  # chronic_migraine: the window opens today
@@ -37,30 +35,10 @@ RECIPIENT_FIELD = "personalizations.0.to.0.email"
 
 
 @pytest.fixture
-def twilio() -> Iterator[FakeTwilio]:
-    with FakeTwilio() as fake:
-        yield fake
-
-
-@pytest.fixture
-def sendgrid() -> Iterator[FakeSendGrid]:
-    with FakeSendGrid() as fake:
-        yield fake
-
-
-@pytest.fixture
 def live(settings: Settings, twilio: FakeTwilio, sendgrid: FakeSendGrid) -> Iterator[Runtime]:
     """A runtime whose senders are built from settings naming the fakes."""
-    yield from runtime_for(provider_settings(settings, twilio, sendgrid, sms_rate=50.0))
-
-
-def runtime_for(settings: Settings) -> Iterator[Runtime]:
-    rt = build_runtime(settings, build_senders(settings))
-    try:
+    with live_runtime(provider_settings(settings, twilio, sendgrid, sms_rate=50.0)) as rt:
         yield rt
-    finally:
-        empty_database(rt)
-        rt.close()
 
 
 def due_patient(rt: Runtime, **fields: Any) -> int:
@@ -300,7 +278,7 @@ def test_a_server_error_is_retried_later_on_the_same_channel(live, twilio, statu
 def test_a_provider_that_does_not_answer_leaves_it_in_doubt_not_retried(
     settings, twilio, sendgrid
 ) -> None:
-    for rt in runtime_for(provider_settings(settings, twilio, sendgrid, provider_timeout=0.5)):
+    with live_runtime(provider_settings(settings, twilio, sendgrid, provider_timeout=0.5)) as rt:
         pid = due_patient(rt, channels="email|sms")
         sendgrid.hang_next(3.0)
         assert dispatch(rt) == Counter(in_doubt=1)
@@ -319,7 +297,7 @@ def test_bad_twilio_credentials_pause_sms_alert_and_spare_the_provider(
     settings, twilio, sendgrid, caplog
 ) -> None:
     wrong = provider_settings(settings, twilio, sendgrid, sms_rate=50.0, twilio_auth_token="0" * 32)
-    for rt in runtime_for(wrong):
+    with live_runtime(wrong) as rt:
         ids = [due_patient(rt, channels="sms") for _ in range(12)]
         dispatcher = Dispatcher(rt, "test")
         with log_events(caplog) as logs:
@@ -342,17 +320,19 @@ def test_bad_twilio_credentials_pause_sms_alert_and_spare_the_provider(
 
 
 def test_an_unverified_sender_pauses_email_and_the_reminder_goes_by_sms(settings, twilio) -> None:
-    with FakeSendGrid(verified_senders={"someone-else@example.org"}) as sendgrid:
-        for rt in runtime_for(provider_settings(settings, twilio, sendgrid, sms_rate=50.0)):
-            pid = due_patient(rt, channels="email|sms")
-            dispatch(rt)
-            reminder, deliveries = due_reminder(rt, pid)
-            assert [(d.channel, d.status, d.permanent, d.error_code) for d in deliveries] == [
-                ("email", "failed", False, "403"),
-                ("sms", "queued", False, None),
-            ]
-            assert (reminder.status, reminder.channel) == ("sent", "sms")
-            paused = rt.metrics.registry.get_sample_value(
-                "reminders_channel_paused", {"channel": "email"}
-            )
-            assert paused == 1
+    with (
+        FakeSendGrid(verified_senders={"someone-else@example.org"}) as sendgrid,
+        live_runtime(provider_settings(settings, twilio, sendgrid, sms_rate=50.0)) as rt,
+    ):
+        pid = due_patient(rt, channels="email|sms")
+        dispatch(rt)
+        reminder, deliveries = due_reminder(rt, pid)
+        assert [(d.channel, d.status, d.permanent, d.error_code) for d in deliveries] == [
+            ("email", "failed", False, "403"),
+            ("sms", "queued", False, None),
+        ]
+        assert (reminder.status, reminder.channel) == ("sent", "sms")
+        paused = rt.metrics.registry.get_sample_value(
+            "reminders_channel_paused", {"channel": "email"}
+        )
+        assert paused == 1

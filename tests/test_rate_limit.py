@@ -9,15 +9,12 @@ from collections.abc import Iterator
 
 import pytest
 
-from reminders.channels.registry import build_senders
 from reminders.dispatch import Dispatcher
 from reminders.planner import plan_pending
-from reminders.runtime import Runtime, build_runtime
-from reminders.settings import Settings
+from reminders.runtime import Runtime
 from tests import factories
-from tests.conftest import empty_database
 from tests.fakes import FakeSendGrid, FakeTwilio, RecordedRequest
-from tests.provider_setup import provider_settings
+from tests.provider_setup import live_runtime, provider_settings
 
 NOW = dt.datetime(2026, 3, 4, 8, 0, tzinfo=dt.UTC)
 TREATED = NOW.date() - dt.timedelta(days=84)
@@ -28,15 +25,6 @@ JITTER = 0.05  # loopback scheduling noise allowed between a send and its arriva
 def fakes() -> Iterator[tuple[FakeTwilio, FakeSendGrid]]:
     with FakeTwilio() as twilio, FakeSendGrid() as sendgrid:
         yield twilio, sendgrid
-
-
-def live_runtime(settings: Settings) -> Iterator[Runtime]:
-    rt = build_runtime(settings, build_senders(settings))
-    try:
-        yield rt
-    finally:
-        empty_database(rt)
-        rt.close()
 
 
 def add_due_patients(rt: Runtime, count: int, channels: str) -> None:
@@ -63,7 +51,7 @@ def busiest(requests: list[RecordedRequest], window: float) -> int:
 def test_several_workers_never_exceed_a_senders_messages_per_second(settings, fakes) -> None:
     twilio, sendgrid = fakes
     s = provider_settings(settings, twilio, sendgrid, sms_rate=5.0, dispatch_concurrency=4)
-    for rt in live_runtime(s):
+    with live_runtime(s) as rt:
         add_due_patients(rt, 12, "sms")
         assert dispatch(rt) == Counter(sent=12)
     arrivals = twilio.requests
@@ -78,7 +66,7 @@ def test_each_channel_keeps_its_own_rate(settings, fakes) -> None:
     s = provider_settings(
         settings, twilio, sendgrid, sms_rate=4.0, email_rate=10.0, dispatch_concurrency=4
     )
-    for rt in live_runtime(s):
+    with live_runtime(s) as rt:
         add_due_patients(rt, 6, "sms")
         add_due_patients(rt, 12, "email")
         assert dispatch(rt) == Counter(sent=18)
@@ -91,7 +79,7 @@ def test_a_429_holds_the_sender_for_every_worker_until_retry_after(settings, fak
     twilio, sendgrid = fakes
     s = provider_settings(settings, twilio, sendgrid, sms_rate=50.0, dispatch_concurrency=1)
     twilio.fail_next(429, 20429, headers={"Retry-After": "2"})
-    for rt in live_runtime(s):
+    with live_runtime(s) as rt:
         add_due_patients(rt, 2, "sms")
         assert dispatch(rt) == Counter(retry=1, sent=1)
     first, second = twilio.requests

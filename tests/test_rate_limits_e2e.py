@@ -15,55 +15,35 @@ import datetime as dt
 import time
 from collections import Counter
 from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
 from sqlalchemy import Engine
 
 from reminders import migrate
-from reminders.channels.registry import build_senders
 from reminders.db import make_engine
 from reminders.dispatch import Dispatcher
 from reminders.models import Template
-from reminders.runtime import Runtime, build_runtime
+from reminders.runtime import Runtime
 from reminders.service import Service
-from reminders.settings import Settings
 from tests.conftest import (
     POSTGRES_URL,
     create_postgres_database,
     drop_postgres_database,
-    empty_database,
 )
-from tests.fakes import FakeSendGrid, FakeTwilio, RecordedRequest
+from tests.fakes import FakeTwilio, RecordedRequest
 from tests.fault_support import accepted, seed_due, statuses, wait_until
-from tests.provider_setup import CONTENT_SID, SMS_FROM, WHATSAPP_FROM, provider_settings
+from tests.provider_setup import (
+    CONTENT_SID,
+    SMS_FROM,
+    WHATSAPP_FROM,
+    live_runtime,
+    provider_settings,
+)
 from tests.support.service import BIN, ServiceProcess, service_env
 
 NOW = dt.datetime(2026, 3, 4, 8, 0, tzinfo=dt.UTC)
 JITTER = 0.05  # loopback scheduling noise allowed between a send and its arrival
-
-
-@pytest.fixture
-def twilio() -> Iterator[FakeTwilio]:
-    with FakeTwilio() as fake:
-        yield fake
-
-
-@pytest.fixture
-def sendgrid() -> Iterator[FakeSendGrid]:
-    with FakeSendGrid() as fake:
-        yield fake
-
-
-@contextmanager
-def live(settings: Settings) -> Iterator[Runtime]:
-    rt = build_runtime(settings, build_senders(settings))
-    try:
-        yield rt
-    finally:
-        empty_database(rt)
-        rt.close()
 
 
 def dispatch_once(rt: Runtime, now: dt.datetime = NOW) -> Counter[str]:
@@ -103,7 +83,7 @@ def approve_whatsapp_template(rt: Runtime) -> None:
 def test_a_sendgrid_rate_limit_reset_holds_the_email_sender_until_then(settings, sendgrid) -> None:
     # One worker, so the order of requests at the fake is the order of sends.
     s = provider_settings(settings, sendgrid=sendgrid, email_rate=5.0, dispatch_concurrency=1)
-    with live(s) as rt:
+    with live_runtime(s) as rt:
         seed_due(rt.engine, 6, "email", NOW)
         reset = int(time.time()) + 3
         sendgrid.fail_next(429, headers={"X-RateLimit-Reset": str(reset)})
@@ -116,7 +96,7 @@ def test_a_sendgrid_rate_limit_reset_holds_the_email_sender_until_then(settings,
 
 def test_sms_and_whatsapp_on_one_twilio_account_each_keep_their_own_rate(settings, twilio) -> None:
     s = provider_settings(settings, twilio, sms_rate=3.0, whatsapp_rate=6.0, dispatch_concurrency=4)
-    with live(s) as rt:
+    with live_runtime(s) as rt:
         approve_whatsapp_template(rt)
         seed_due(rt.engine, 12, "whatsapp", NOW)  # claimed first: the workers start on these
         seed_due(rt.engine, 9, "sms", NOW)
@@ -137,7 +117,7 @@ def test_the_running_service_keeps_a_senders_rate_while_429s_come_and_go(setting
         retry_base_seconds=0.5,
         retry_max_seconds=2.0,
     )
-    with live(s) as rt:
+    with live_runtime(s) as rt:
         due = seed_due(rt.engine, 12, "sms", dt.datetime.now(dt.UTC))
         twilio.fail_next(429, 20429, times=3, headers={"Retry-After": "1"})
         service = Service(rt, owner="rate-e2e")
@@ -157,7 +137,7 @@ def test_a_retry_after_holds_even_the_workers_already_waiting_for_their_slot(
     settings, twilio
 ) -> None:
     s = provider_settings(settings, twilio, sms_rate=2.0, dispatch_concurrency=4)
-    with live(s) as rt:
+    with live_runtime(s) as rt:
         seed_due(rt.engine, 4, "sms", NOW)
         twilio.fail_next(429, 20429, headers={"Retry-After": "2"})
         twilio.hang_next(0.3, accept=True)  # the 429 comes back while the others wait their turn

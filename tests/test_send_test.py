@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import base64
 import json
-from collections.abc import Iterator
 
 import icalendar
 import pytest
@@ -40,18 +39,6 @@ PROVIDER_VARIABLES = (
     "TWILIO_API_BASE_URL",
     "REMINDERS_DELIVERY_MODE",
 )
-
-
-@pytest.fixture
-def twilio() -> Iterator[FakeTwilio]:
-    with FakeTwilio() as fake:
-        yield fake
-
-
-@pytest.fixture
-def sendgrid() -> Iterator[FakeSendGrid]:
-    with FakeSendGrid() as fake:
-        yield fake
 
 
 def environment(
