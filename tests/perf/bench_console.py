@@ -4,17 +4,21 @@ The web app runs alone under uvicorn in a process of its own, on the big clinic'
 million patients, millions of reminders). A staff account signs in through the real form
 (CSRF token, session cookie), then asks what staff ask: names and name prefixes (Turkish
 letters included), phone numbers typed in national and E.164 form, emails, external ids; the
-outbox's views (upcoming, sent, failed, expired, cancelled) with filters and later pages. Each
-time is the full response as the client receives it.
+outbox's views (upcoming, sent, failed, expired, cancelled) with filters, and later pages as
+staff reach them: the page's own "Next" and "Previous" links (keyset cursors), and a page half
+a year back in the sent view. Each time is the full response as the client receives it.
 """
 
 from __future__ import annotations
 
+import datetime as dt
+import html
 import random
 import re
 import socket
 import time
-from collections.abc import Iterator
+import urllib.parse
+from collections.abc import Generator
 
 import httpx
 
@@ -30,6 +34,9 @@ TARGET_SECONDS = 0.150
 TIME_LIMIT = 45.0  # seconds per page kind: a slow page cannot stall the run
 EMAIL, PASSWORD = "perf@example.org", "correct horse battery staple"
 _TOKEN = re.compile(r'name="csrf_token" value="([^"]+)"')
+_LINK = re.compile(r'<a href="([^"]+)" rel="(next|prev)">')
+Request = tuple[str, dict[str, str]]
+Requests = Generator[Request, httpx.Response, None]  # each response is sent back in
 
 
 def run(ctx: Context, backend: str) -> None:
@@ -96,27 +103,26 @@ def _sign_in(client: httpx.Client) -> None:
         raise RuntimeError(f"sign-in answered {answer.status_code}")
 
 
-def _timed(
-    client: httpx.Client, paths: Iterator[tuple[str, dict[str, str]]], count: int
-) -> tuple[list[float], str]:
+def _timed(client: httpx.Client, requests: Requests, count: int) -> tuple[list[float], str]:
     """Seconds per request for ``count`` requests (fewer if TIME_LIMIT runs out first), and
-    the slowest request."""
+    the slowest request. Each answer goes back to ``requests``, which may follow its links."""
     times: list[tuple[float, str]] = []
     deadline = time.monotonic() + TIME_LIMIT
-    for path, params in paths:
-        if len(times) == count or time.monotonic() > deadline:
-            break
+    path, params = next(requests)
+    while len(times) < count and time.monotonic() <= deadline:
         started = time.perf_counter()
         answer = client.get(path, params=params)
         elapsed = time.perf_counter() - started
         if answer.status_code != 200:
             raise RuntimeError(f"GET {path} {params} answered {answer.status_code}")
-        times.append((elapsed, f"{path}?{'&'.join(f'{k}={v}' for k, v in params.items())}"))
+        query = "&".join(f"{k}={v}" for k, v in params.items())
+        times.append((elapsed, f"{path}?{query}" if query else path))
+        path, params = requests.send(answer)
     worst = max(times)
     return [t for t, _ in times], f"{worst[1]} {ms(worst[0])}"
 
 
-def _searches(rng: random.Random, clinic: Clinic) -> Iterator[tuple[str, dict[str, str]]]:
+def _searches(rng: random.Random, clinic: Clinic) -> Requests:
     while True:
         i = rng.randint(1, clinic.patients)
         given, family = GIVEN[i % len(GIVEN)], FAMILY[i // len(GIVEN) % len(FAMILY)]
@@ -134,13 +140,39 @@ def _searches(rng: random.Random, clinic: Clinic) -> Iterator[tuple[str, dict[st
         yield "/admin/patients", {"q": family, "p": "2"}
 
 
-def _outbox_pages(clinic: Clinic) -> Iterator[tuple[str, dict[str, str]]]:
+def _link(answer: httpx.Response, rel: str) -> Request | None:
+    """The page's own link to its next or previous page, if it has one, as path and query
+    (httpx drops a query written in the path when it is given ``params``)."""
+    for href, kind in _LINK.findall(answer.text):
+        if kind == rel:
+            path, _, query = html.unescape(href).partition("?")
+            return path, dict(urllib.parse.parse_qsl(query))
+    return None
+
+
+def _outbox_pages(clinic: Clinic) -> Requests:
+    """Each view's first page, then its next page by the page's own link; the upcoming view
+    also back again by its "Previous" link; a sent page half a year back by a cursor."""
     day = clinic.today.isoformat()
+    back = dt.datetime.combine(clinic.today - dt.timedelta(days=182), dt.time(), dt.UTC)
+    deep = f"{back:%Y-%m-%dT%H:%M:%S}.000000Z,{2**31 - 1}"
     while True:
-        for view in ("upcoming", "sent", "failed", "expired", "cancelled"):
-            yield "/admin/outbox", {"view": view}
-        yield "/admin/outbox", {"view": "upcoming", "p": "2"}
-        yield "/admin/outbox", {"view": "sent", "p": "10"}
-        yield "/admin/outbox", {"view": "sent", "channel": "sms", "protocol": "chronic_migraine"}
-        yield "/admin/outbox", {"view": "upcoming", "step": "due", "since": day}
-        yield "/admin/outbox", {"view": "sent", "until": day}
+        for params in (
+            {"view": "upcoming"},
+            {"view": "sent"},
+            {"view": "failed"},
+            {"view": "expired"},
+            {"view": "cancelled"},
+            {"view": "sent", "channel": "sms", "protocol": "chronic_migraine"},
+            {"view": "upcoming", "step": "due", "since": day},
+            {"view": "sent", "until": day},
+        ):
+            answer = yield "/admin/outbox", params
+            later = _link(answer, "next")
+            if later is None:
+                continue
+            answer = yield later
+            earlier = _link(answer, "prev")
+            if params == {"view": "upcoming"} and earlier is not None:
+                yield earlier
+        yield "/admin/outbox", {"view": "sent", "after": deep}

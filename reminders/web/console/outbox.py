@@ -1,5 +1,12 @@
 """The outbox: reminders by state, a staff retry or cancel, and tomorrow's forecast.
 
+A view is read a page at a time by keyset, never by OFFSET and never with a total count: the
+upcoming view in send order ``(next_attempt_at, id)`` over the partial index
+``ix_reminders_upcoming``, every other view newest due first ``(due_at desc, id desc)`` over
+``ix_reminders_status_due (status, due_at, id)``. A page link carries the sort key of the row it
+continues from (``after=`` for the next page, ``before=`` for the previous one), so each page
+reads about a page of rows however deep it is and however many millions the view holds.
+
 Retry and cancel are single conditional UPDATEs (the reminder must still be in a state that
 allows it), so a dispatcher that claims the row at the same moment wins cleanly and the staff
 member is told. They belong with the other reminder moves in ``reminders.queries``; they live
@@ -9,12 +16,24 @@ here until that module takes them.
 from __future__ import annotations
 
 import datetime as dt
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 from zoneinfo import ZoneInfo
 
-from sqlalchemy import Select, func, select, update
-from sqlalchemy.orm import Session
+from sqlalchemy import (
+    ColumnElement,
+    Select,
+    and_,
+    func,
+    literal,
+    or_,
+    select,
+    update,
+)
+from sqlalchemy.ext.compiler import compiles
+from sqlalchemy.orm import InstrumentedAttribute, Session
+from sqlalchemy.sql.compiler import SQLCompiler
+from sqlalchemy.sql.functions import FunctionElement
 
 from reminders.models import AuditEntry, Patient, Reminder, ReminderStatus
 from reminders.planning import at_local
@@ -30,6 +49,9 @@ VIEWS: dict[str, tuple[RS, ...]] = {
 }
 RETRYABLE = (RS.FAILED, RS.EXPIRED, RS.CANCELLED)
 CANCELLABLE = (RS.PENDING, RS.IN_DOUBT)
+PAGE_SIZE = 50
+_CURSOR_MAX = 64  # characters: "2026-03-04T07:00:00.123456Z,2147483647" is 38
+_MAX_ID = 2**31 - 1  # ids are INTEGER: PostgreSQL refuses a larger number to compare them with
 
 
 @dataclass(frozen=True)
@@ -52,11 +74,82 @@ class Filters:
         }
 
 
+@dataclass(frozen=True)
+class Cursor:
+    """The sort key of one row of a view: when (next attempt or due) and the reminder id."""
+
+    at: dt.datetime
+    id: int
+
+    def __str__(self) -> str:
+        return f"{self.at.astimezone(dt.UTC).strftime('%Y-%m-%dT%H:%M:%S.%fZ')},{self.id}"
+
+    @classmethod
+    def parse(cls, raw: str) -> Cursor:
+        """``<ISO instant with its offset>,<id>``, as :meth:`__str__` writes it; ValueError
+        for anything else."""
+        when, comma, number = raw.strip().rpartition(",")
+        if not (comma and raw.isascii() and number.isdigit()) or len(raw) > _CURSOR_MAX:
+            raise ValueError(raw)
+        at = dt.datetime.fromisoformat(when)
+        if at.tzinfo is None or not 0 < int(number) <= _MAX_ID:
+            raise ValueError(raw)
+        try:
+            return cls(at.astimezone(dt.UTC), int(number))
+        except OverflowError:  # an offset that takes year 1 out of range
+            raise ValueError(raw) from None
+
+
+@dataclass
+class Window:
+    """One page of a view, with the cursors of the pages either side (None: no such page)."""
+
+    rows: list[Any] = field(default_factory=list)
+    previous: Cursor | None = None  # link with before=previous
+    next: Cursor | None = None  # link with after=next
+    first: bool = True  # the view's first page
+
+
+def _key(view: str) -> tuple[InstrumentedAttribute[dt.datetime], bool]:
+    """The view's sort column and whether it runs newest first (then ``id`` in the same way)."""
+    return (Reminder.next_attempt_at, False) if view == "upcoming" else (Reminder.due_at, True)
+
+
+class _Likely(FunctionElement[bool]):
+    """A condition most rows meet: SQLite's ``likely(...)``, the bare condition elsewhere.
+    Untyped, so that SQLite's dialect does not append ``= 1`` as it does to booleans."""
+
+    inherit_cache = True
+
+
+@compiles(_Likely)
+def _bare(element: _Likely, compiler: SQLCompiler, **kw: Any) -> str:
+    return str(compiler.process(element.clauses, **kw))
+
+
+@compiles(_Likely, "sqlite")
+def _likely(element: _Likely, compiler: SQLCompiler, **kw: Any) -> str:
+    return f"likely({compiler.process(element.clauses, **kw)})"
+
+
+def _in_view(view: str) -> ColumnElement[bool]:
+    statuses = VIEWS[view]
+    if len(statuses) == 1:
+        return Reminder.status == statuses[0]
+    # Written out as literals, the condition is the partial index's own
+    # (status IN ('pending', 'claimed')): PostgreSQL and SQLite both prove it only then. Without
+    # statistics SQLite takes the condition for a narrow one, probes (status, due_at, id) for
+    # each status and sorts the whole view; likely() tells it otherwise.
+    return _Likely(Reminder.status.in_([literal(str(s), literal_execute=True) for s in statuses]))
+
+
 def statement(filters: Filters, zone: ZoneInfo) -> Select[Reminder, str, str, str]:
+    """The view's rows with their patients' names, filtered, in no particular order."""
+    view = filters.view if filters.view in VIEWS else "upcoming"
     stmt = (
         select(Reminder, Patient.given_name, Patient.family_name, Patient.external_id)
         .join(Patient, Patient.id == Reminder.patient_id)
-        .where(Reminder.status.in_(VIEWS.get(filters.view, VIEWS["upcoming"])))
+        .where(_in_view(view))
     )
     if filters.channel:
         stmt = stmt.where(Reminder.channel == filters.channel)
@@ -69,15 +162,76 @@ def statement(filters: Filters, zone: ZoneInfo) -> Select[Reminder, str, str, st
     if filters.until:
         end = at_local(filters.until + dt.timedelta(days=1), dt.time(0), zone)
         stmt = stmt.where(Reminder.due_at < end)
-    if filters.view == "upcoming":
-        return stmt.order_by(Reminder.next_attempt_at, Reminder.id)
-    return stmt.order_by(Reminder.due_at.desc(), Reminder.id.desc())
+    return stmt
 
 
-def rows(
-    session: Session, filters: Filters, zone: ZoneInfo, *, offset: int, limit: int
-) -> list[Any]:
-    return list(session.execute(statement(filters, zone).offset(offset).limit(limit)).all())
+def _slice(
+    stmt: Select[Reminder, str, str, str],
+    view: str,
+    *,
+    past: Cursor | None,
+    backwards: bool,
+    limit: int,
+) -> Select[Reminder, str, str, str]:
+    """``limit`` rows of the view beyond ``past`` in its display order (or, ``backwards``,
+    before it, nearest first). The extra range term on the sort column alone lets both
+    planners start the index scan at the cursor; the OR settles ties on the instant by id."""
+    column, newest_first = _key(view)
+    descending = newest_first != backwards
+    if past is not None:
+        if descending:
+            stmt = stmt.where(
+                column <= past.at,
+                or_(column < past.at, and_(column == past.at, Reminder.id < past.id)),
+            )
+        else:
+            stmt = stmt.where(
+                column >= past.at,
+                or_(column > past.at, and_(column == past.at, Reminder.id > past.id)),
+            )
+    if descending:
+        stmt = stmt.order_by(column.desc(), Reminder.id.desc())
+    else:
+        stmt = stmt.order_by(column, Reminder.id)
+    return stmt.limit(limit)
+
+
+def cursor_of(view: str, reminder: Reminder) -> Cursor:
+    column, _ = _key(view)
+    return Cursor(getattr(reminder, column.key), reminder.id)
+
+
+def page(
+    session: Session,
+    filters: Filters,
+    zone: ZoneInfo,
+    *,
+    after: Cursor | None = None,
+    before: Cursor | None = None,
+    size: int = PAGE_SIZE,
+) -> Window:
+    """A page of the view: the first, the one after ``after`` or the one before ``before``.
+    One query of ``size + 1`` rows (the extra row only tells whether more follow); going back
+    past the start takes a second one, to show the first page whole."""
+    view = filters.view if filters.view in VIEWS else "upcoming"
+    stmt = statement(filters, zone)
+    if before is not None:
+        back = _slice(stmt, view, past=before, backwards=True, limit=size + 1)
+        found = list(session.execute(back).all())
+        if len(found) > size:
+            rows = found[:size][::-1]
+            return Window(
+                rows, cursor_of(view, rows[0][0]), cursor_of(view, rows[-1][0]), first=False
+            )
+        after = None  # nothing further back: this is the first page
+    found = list(session.execute(_slice(stmt, view, past=after, backwards=False, limit=size + 1)))
+    rows = found[:size]
+    window = Window(rows, first=after is None)
+    if after is not None and rows:
+        window.previous = cursor_of(view, rows[0][0])
+    if len(found) > size:
+        window.next = cursor_of(view, rows[-1][0])
+    return window
 
 
 def _audit(session: Session, actor: str, action: str, reminder_id: int, now: dt.datetime) -> None:

@@ -33,16 +33,30 @@ def _date(raw: str) -> dt.date | None:
         raise Problem(N_("%(value)s is not a date (YYYY-MM-DD)."), value=raw) from None
 
 
+def _cursor(name: str, raw: str) -> outbox.Cursor | None:
+    if not raw:
+        return None
+    try:
+        return outbox.Cursor.parse(raw)
+    except ValueError:
+        raise Problem(
+            N_("The page link is not valid (%(name)s=%(value)s): open the outbox again."),
+            name=name,
+            value=raw[:80],
+        ) from None
+
+
 @router.get("/outbox", name="console_outbox")
 def listing(
     current: StaffPage,
-    results: Paging,
     view: str = "upcoming",
     channel: str = "",
     protocol: str = "",
     step: str = "",
     since: str = "",
     until: str = "",
+    after: str = "",
+    before: str = "",
 ) -> Response:
     filters = outbox.Filters(
         view if view in outbox.VIEWS else "upcoming",
@@ -52,14 +66,15 @@ def listing(
         _date(since),
         _date(until),
     )
+    later, earlier = _cursor("after", after), _cursor("before", before)
+    if later is not None and earlier is not None:
+        raise Problem(N_("A page link has either after or before, not both."))
     zone = current.runtime.settings.clinic_zone
     with current.runtime.sessions() as session:
-        results.fill(
-            outbox.rows(session, filters, zone, offset=results.offset, limit=results.fetch)
-        )
+        window = outbox.page(session, filters, zone, after=later, before=earlier)
     context = {
         "filters": filters,
-        "results": results,
+        "window": window,
         "views": list(outbox.VIEWS),
         "protocols": sorted(current.runtime.protocols),
         "steps": template_rows.steps(current.runtime.protocols),
