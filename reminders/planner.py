@@ -3,79 +3,63 @@
 Only treatments flagged ``needs_plan`` are looked at, so the cost follows the changes, not the
 size of the table. For each (patient, protocol) the latest treatment plans its cycle and every
 earlier one loses its unsent reminders (``superseded``).
+
+Planning is set-based: a batch of groups is read with a few queries (their treatments, their
+patients with consents, their reminders; :mod:`reminders.plan_store`), decided in Python with
+the pure planner (:mod:`reminders.planning`), and written with a few statements (one insert
+for the new rows, one update per cancellation reason, one for the rows moved or reopened, one
+clearing ``needs_plan``), however many groups the batch holds.
 """
 
 from __future__ import annotations
 
 import datetime as dt
 import threading
+from collections import Counter
 from collections.abc import Iterable
+from dataclasses import dataclass, field
+from typing import Any
 
-from sqlalchemy import select, update
+from sqlalchemy import update
 from sqlalchemy.orm import Session
 
-from reminders import protocol_store, queries
+from reminders import plan_store, protocol_store
+from reminders.importing.bulk import last_step, reminder_row
 from reminders.logs import get_logger
-from reminders.models import Patient, Treatment
+from reminders.models import ReminderStatus, Treatment
+from reminders.plan_store import Contact, Group, ReminderRow, TreatmentRow
 from reminders.planning import plan, schedule, usable_channels
+from reminders.protocols import Protocol
 from reminders.runtime import Runtime
 
 log = get_logger(__name__)
+
+BATCH = 2000  # groups read and written together by plan_groups
+RS = ReminderStatus
+
+
+@dataclass
+class Writes:
+    """What a batch of groups is to write, decided before anything is written."""
+
+    cancel: dict[str, list[int]] = field(default_factory=dict)  # reason -> reminder ids
+    reopen: list[dict[str, Any]] = field(default_factory=list)  # see plan_store.reopen
+    insert: list[dict[str, Any]] = field(default_factory=list)  # new reminder rows
+    planned: Counter[str] = field(default_factory=Counter)  # moved or replanned, by protocol
+
+    def cancel_pending(self, reason: str, rows: Iterable[ReminderRow]) -> None:
+        self.cancel_ids(reason, [r.id for r in rows if r.status == RS.PENDING])
+
+    def cancel_ids(self, reason: str, ids: list[int]) -> None:
+        if ids:
+            self.cancel.setdefault(reason, []).extend(ids)
 
 
 def plan_group(
     session: Session, runtime: Runtime, patient_id: int, protocol: str, *, now: dt.datetime
 ) -> int:
     """Plan the cycle of one patient under one protocol; returns rows written."""
-    treatments = list(
-        session.scalars(
-            select(Treatment)
-            .where(Treatment.patient_id == patient_id, Treatment.protocol == protocol)
-            .order_by(Treatment.administered_on.desc(), Treatment.id.desc())
-        )
-    )
-    live = [t for t in treatments if t.deleted_at is None]
-    deleted = [t.id for t in treatments if t.deleted_at is not None]
-    written = queries.cancel_open(session, "deleted", treatment_ids=deleted)
-    if live:
-        written += queries.cancel_open(
-            session, "superseded", treatment_ids=[t.id for t in live[1:]]
-        )
-        written += _plan_latest(session, runtime, live[0], now=now)
-    session.execute(
-        update(Treatment)
-        .where(Treatment.id.in_([t.id for t in treatments]), Treatment.needs_plan)
-        .values(needs_plan=False)
-    )
-    return written
-
-
-def _plan_latest(
-    session: Session, runtime: Runtime, treatment: Treatment, *, now: dt.datetime
-) -> int:
-    protocol = runtime.protocols.get(treatment.protocol)
-    patient: Patient = treatment.patient
-    if protocol is None:
-        log.warning("unknown_protocol", treatment_id=treatment.id, protocol=treatment.protocol)
-        return 0
-    if not patient.active:
-        return queries.cancel_open(session, "inactive", treatment_ids=[treatment.id])
-    if not usable_channels(patient):
-        return queries.cancel_open(session, "no_channel", treatment_ids=[treatment.id])
-    # A step a staff edit removed from the protocol is not sent any more.
-    dropped = queries.cancel_open(
-        session,
-        "protocol_changed",
-        treatment_ids=[treatment.id],
-        steps_not=[s.name for s in protocol.steps],
-    )
-    planned = plan(treatment.administered_on, protocol, patient, runtime.timing, now=now)
-    written = queries.plan(session, treatment, planned)
-    cycle = schedule(treatment.administered_on, protocol, patient, runtime.timing)
-    written += queries.cancel_outdated(session, treatment.id, cycle)
-    if written:
-        runtime.metrics.planned.labels(protocol.code).inc(written)
-    return written + dropped
+    return plan_groups(session, runtime, [(patient_id, protocol)], now=now)
 
 
 def plan_groups(
@@ -85,11 +69,152 @@ def plan_groups(
     *,
     now: dt.datetime,
 ) -> int:
-    """Plan these (patient, protocol) groups in the caller's transaction; returns rows written."""
-    return sum(
-        plan_group(session, runtime, patient_id, protocol, now=now)
-        for patient_id, protocol in sorted(set(groups))
-    )
+    """Plan these (patient, protocol) groups in the caller's transaction; returns rows written.
+
+    Groups go in batches of :data:`BATCH`, each read with a few queries and written with a
+    few statements."""
+    session.flush()  # the writes below go around the ORM: the caller's changes first
+    ordered = sorted(set(groups))
+    written = 0
+    for start in range(0, len(ordered), BATCH):
+        written += _plan_batch(session, runtime, ordered[start : start + BATCH], now=now)
+    return written
+
+
+def _plan_batch(
+    session: Session, runtime: Runtime, groups: list[Group], *, now: dt.datetime
+) -> int:
+    treatments = plan_store.treatments_of(session, groups)
+    every = [t for found in treatments.values() for t in found]
+    latest_ids = {t.id for t in map(_latest, treatments.values()) if t is not None}
+    # Every reminder of each group's latest treatment; of the others, only what is pending.
+    reminders = plan_store.reminders_of(session, latest_ids)
+    pending = plan_store.pending_of(session, [t.id for t in every if t.id not in latest_ids])
+    # A patient matters only where the latest treatment may have steps ahead or has unsent
+    # reminders to move or cancel: a history of past cycles loads no patient.
+    horizon = now.astimezone(dt.UTC).date() - dt.timedelta(days=2)  # any zone's today, less
+    needed: set[int] = set()
+    for (patient_id, code), found in treatments.items():
+        latest = _latest(found)
+        protocol = runtime.protocols.get(code)
+        if latest is None or protocol is None:
+            continue
+        if any(r.status == RS.PENDING for r in reminders.get(latest.id, ())) or (
+            last_step(protocol, latest.administered_on) >= horizon
+        ):
+            needed.add(patient_id)
+    patients = plan_store.contacts_by_id(session, needed)
+
+    writes = Writes()
+    for group in groups:
+        if group in treatments:
+            patient = patients.get(group[0])
+            _decide(runtime, treatments[group], reminders, pending, patient, writes, now=now)
+
+    written = 0
+    for reason, ids in writes.cancel.items():
+        written += plan_store.cancel(session, reason, ids)
+    plan_store.reopen(session, writes.reopen)
+    written += len(writes.reopen)
+    inserted = plan_store.insert_reminders(session, writes.insert)
+    written += sum(inserted.values())
+    plan_store.clear_needs_plan(session, [t.id for t in every if t.needs_plan])
+    for code, count in (writes.planned + inserted).items():
+        runtime.metrics.planned.labels(code).inc(count)
+    return written
+
+
+def _latest(treatments: list[TreatmentRow]) -> TreatmentRow | None:
+    return next((t for t in treatments if t.deleted_at is None), None)
+
+
+def _decide(
+    runtime: Runtime,
+    treatments: list[TreatmentRow],
+    reminders: dict[int, list[ReminderRow]],
+    pending: dict[int, list[int]],
+    patient: Contact | None,
+    writes: Writes,
+    *,
+    now: dt.datetime,
+) -> None:
+    """What one group's plan changes; ``treatments`` latest first, ``reminders`` (all) of the
+    latest, ``pending`` (ids) of the others."""
+    live = [t for t in treatments if t.deleted_at is None]
+    for t in treatments:
+        if t.deleted_at is not None:
+            writes.cancel_ids("deleted", pending.get(t.id, []))
+    for t in live[1:]:
+        writes.cancel_ids("superseded", pending.get(t.id, []))
+    if not live:
+        return
+    latest = live[0]
+    rows = reminders.get(latest.id, [])
+    protocol = runtime.protocols.get(latest.protocol)
+    if protocol is None:
+        log.warning("unknown_protocol", treatment_id=latest.id, protocol=latest.protocol)
+        return
+    if patient is None:  # nothing ahead and nothing unsent (see _plan_batch)
+        return
+    if not patient.active:
+        writes.cancel_pending("inactive", rows)
+        return
+    if not usable_channels(patient):
+        writes.cancel_pending("no_channel", rows)
+        return
+    _plan_latest(runtime, latest, rows, patient, protocol, writes, now=now)
+
+
+def _plan_latest(
+    runtime: Runtime,
+    latest: TreatmentRow,
+    rows: list[ReminderRow],
+    patient: Contact,
+    protocol: Protocol,
+    writes: Writes,
+    *,
+    now: dt.datetime,
+) -> None:
+    """Insert the steps ahead that are not there yet, move or reopen the ones that are, and
+    cancel pending ones the cycle no longer has at those times."""
+    # A step a staff edit removed from the protocol is not sent any more.
+    names = {s.name for s in protocol.steps}
+    writes.cancel_pending("protocol_changed", (r for r in rows if r.step not in names))
+    existing = {r.step: r for r in rows}
+    touched: set[int] = set()
+    for p in plan(latest.administered_on, protocol, patient, runtime.timing, now=now):
+        row = existing.get(p.step)
+        if row is None:
+            writes.insert.append(reminder_row(latest.id, latest.patient_id, latest.protocol, p))
+        elif row.reopenable or (
+            row.status == RS.PENDING and (row.due_at, row.expires_at) != (p.due_at, p.expires_at)
+        ):
+            writes.reopen.append(
+                {
+                    "rid": row.id,
+                    "was": row.status,
+                    "was_reason": row.reason,
+                    "due": p.due_at,
+                    "expires": p.expires_at,
+                }
+            )
+            touched.add(row.id)
+    # Pending steps the current schedule does not have at those times: the date was
+    # corrected, the zone or lead changed, or the step coincides with the next one now.
+    unmoved = [
+        r for r in rows if r.status == RS.PENDING and r.step in names and r.id not in touched
+    ]
+    outdated = []
+    if unmoved:  # a new cycle has none: no second schedule
+        cycle = {
+            (p.step, p.due_at, p.expires_at)
+            for p in schedule(latest.administered_on, protocol, patient, runtime.timing)
+        }
+        outdated = [r for r in unmoved if (r.step, r.due_at, r.expires_at) not in cycle]
+    writes.cancel_pending("replanned", outdated)
+    moved = len(touched) + len(outdated)
+    if moved:
+        writes.planned[protocol.code] += moved
 
 
 def plan_pending(
@@ -106,9 +231,8 @@ def plan_pending(
         protocol_store.refresh(session, runtime)  # staff edits from any replica
     while stop is None or not stop.is_set():
         with runtime.sessions() as session, session.begin():
-            groups = queries.treatments_to_plan(session, batch)
-            for patient_id, protocol in groups:
-                plan_group(session, runtime, patient_id, protocol, now=now)
+            groups = plan_store.groups_to_plan(session, batch)
+            plan_groups(session, runtime, groups, now=now)
         done += len(groups)
         if len(groups) < batch:
             break

@@ -4,13 +4,17 @@ from __future__ import annotations
 
 import datetime as dt
 import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
-from sqlalchemy import select, update
+from sqlalchemy import event, select, update
 
 from reminders import consents
-from reminders.models import Reminder, Treatment
-from reminders.planner import mark_patient_changed, plan_group, plan_pending
+from reminders.models import Channel, Reminder, Treatment
+from reminders.plan_store import contacts_by_id
+from reminders.planner import mark_patient_changed, plan_group, plan_groups, plan_pending
+from reminders.planning import usable_channels
 from reminders.runtime import Runtime
 from tests import factories
 
@@ -226,3 +230,237 @@ def test_a_planning_pass_that_is_asked_to_stop_leaves_the_work_for_the_next(runt
     assert plan_pending(runtime, now=JAN_10, stop=stop) == 0
     assert steps(runtime, t) == {}
     assert plan_pending(runtime, now=JAN_10) == 1
+
+
+# Set-based planning: a batch of groups is planned as each group alone, with a fixed number of
+# statements.
+
+MAR_4 = utc("2026-03-04T07:00")
+
+
+def changed_clinic(rt: Runtime) -> dict[str, int]:
+    """Groups planned at JAN_10, then changed every way planning knows, left flagged; returns
+    treatment ids by role."""
+    t: dict[str, int] = {}
+    t["corrected"] = add_treatment(rt, "2026-01-05")
+    t["old"] = add_treatment(rt, "2026-01-05")
+    t["previous"] = add_treatment(rt, "2026-01-05")
+    t["mistake"] = add_treatment(rt, "2026-01-08", patient_of(rt, t["previous"]))
+    t["quiet"] = add_treatment(rt, "2026-01-05")
+    t["opted_out"] = add_treatment(rt, "2026-01-05", channels="sms")
+    t["travels"] = add_treatment(rt, "2026-01-05")
+    t["edited"] = add_treatment(rt, "2026-01-05")
+    t["sent"] = add_treatment(rt, "2026-01-05")
+    with rt.sessions() as s, s.begin():
+        s.execute(
+            update(Treatment)
+            .where(Treatment.id == t["edited"])
+            .values(protocol="cervical_dystonia", needs_plan=True)
+        )
+        s.execute(
+            update(Treatment)
+            .where(Treatment.id.in_([t["previous"], t["mistake"]]))
+            .values(needs_plan=False)
+        )
+    plan_groups_of(rt, [t["previous"]], JAN_10)  # then the mistake supersedes it
+    with rt.sessions() as s, s.begin():
+        s.execute(update(Treatment).where(Treatment.id == t["mistake"]).values(needs_plan=True))
+    plan_groups_of(rt, list(t.values()), JAN_10)
+    t["fresh"] = add_treatment(rt, "2026-02-20")
+    with rt.sessions() as s, s.begin():
+        p = factories.patient(s)
+        t["unknown"] = factories.treatment(
+            s, p, dt.date(2026, 2, 20), protocol="no_such_protocol"
+        ).id
+    t["new"] = add_treatment(rt, "2026-03-01", patient_of(rt, t["old"]))
+    patients = {r: patient_of(rt, t[r]) for r in ("quiet", "opted_out", "travels", "sent")}
+    with rt.sessions() as s, s.begin():
+        s.execute(
+            update(Treatment)
+            .where(Treatment.id == t["corrected"])
+            .values(administered_on=dt.date(2025, 12, 20), needs_plan=True)
+        )
+        s.execute(update(Treatment).where(Treatment.id == t["mistake"]).values(deleted_at=JAN_10))
+        s.execute(
+            update(Reminder)
+            .where(Reminder.treatment_id == t["sent"], Reminder.step == "upcoming")
+            .values(status="sent")
+        )
+        s.execute(
+            update(Reminder)
+            .where(Reminder.treatment_id == t["sent"], Reminder.step == "due")
+            .values(status="cancelled", reason="staff")
+        )
+        for role in ("mistake", "edited", "sent"):
+            s.execute(update(Treatment).where(Treatment.id == t[role]).values(needs_plan=True))
+        quiet = s.get_one(factories.Patient, patients["quiet"])
+        quiet.active = False
+        opted_out = s.get_one(factories.Patient, patients["opted_out"])
+        consents.opt_out(s, opted_out, "sms", source="sms_stop", now=JAN_10)
+        travels = s.get_one(factories.Patient, patients["travels"])
+        travels.timezone, travels.travel_lead_days = "Asia/Tokyo", 7
+        s.flush()
+        for patient_id in patients.values():
+            mark_patient_changed(s, patient_id)
+    return t
+
+
+def groups_of(rt: Runtime, treatment_ids: list[int]) -> list[tuple[int, str]]:
+    with rt.sessions() as s:
+        rows = s.execute(
+            select(Treatment.patient_id, Treatment.protocol).where(Treatment.id.in_(treatment_ids))
+        )
+        return sorted({(r[0], r[1]) for r in rows})
+
+
+def plan_groups_of(rt: Runtime, treatment_ids: list[int], now: dt.datetime) -> int:
+    groups = groups_of(rt, treatment_ids)
+    with rt.sessions() as s, s.begin():
+        return plan_groups(s, rt, groups, now=now)
+
+
+def outcome(rt: Runtime, t: dict[str, int]) -> dict[str, dict[str, tuple[Any, ...]]]:
+    """Every reminder of a changed clinic by treatment role and step."""
+    with rt.sessions() as s:
+        rows = s.scalars(select(Reminder).where(Reminder.treatment_id.in_(t.values())))
+        role = {v: k for k, v in t.items()}
+        found: dict[str, dict[str, tuple[Any, ...]]] = {k: {} for k in t}
+        for r in rows:
+            found[role[r.treatment_id]][r.step] = (
+                r.status,
+                r.reason,
+                r.due_at,
+                r.expires_at,
+                r.next_attempt_at,
+            )
+        return found
+
+
+@contextmanager
+def statements(rt: Runtime) -> Iterator[list[str]]:
+    """The statements sent to the database meanwhile (an executemany counts once)."""
+    seen: list[str] = []
+
+    def record(conn: Any, cursor: Any, statement: str, *args: Any) -> None:
+        seen.append(statement)
+
+    event.listen(rt.engine, "before_cursor_execute", record)
+    try:
+        yield seen
+    finally:
+        event.remove(rt.engine, "before_cursor_execute", record)
+
+
+def test_a_batch_of_groups_is_planned_as_each_group_alone(runtime) -> None:
+    cervical = runtime.protocols["cervical_dystonia"]
+    together, alone = changed_clinic(runtime), changed_clinic(runtime)
+    # A staff edit drops a step the "edited" group has planned.
+    runtime.protocols["cervical_dystonia"] = cervical.model_copy(
+        update={"steps": cervical.steps[1:]}
+    )
+    try:
+        written = plan_groups_of(runtime, list(together.values()), MAR_4)
+        written_alone = 0
+        for group in groups_of(runtime, list(alone.values())):
+            with runtime.sessions() as s, s.begin():
+                written_alone += plan_group(s, runtime, *group, now=MAR_4)
+    finally:
+        runtime.protocols["cervical_dystonia"] = cervical
+    assert outcome(runtime, together) == outcome(runtime, alone)
+    assert written == written_alone > 0
+    got = outcome(runtime, together)
+    assert {v[:2] for v in got["old"].values()} == {("cancelled", "superseded")}
+    assert {v[:2] for v in got["mistake"].values()} == {("cancelled", "deleted")}
+    assert {v[:2] for v in got["previous"].values()} == {("pending", None)}  # reopened
+    assert {v[:2] for v in got["quiet"].values()} == {("cancelled", "inactive")}
+    assert {v[:2] for v in got["opted_out"].values()} == {("cancelled", "no_channel")}
+    assert got["corrected"]["upcoming"][:2] == ("cancelled", "replanned")
+    assert got["edited"]["upcoming"][:2] == ("cancelled", "protocol_changed")
+    assert got["travels"]["due"][:3] == ("pending", None, utc("2026-03-23T01:00"))
+    assert {k: v[:2] for k, v in got["sent"].items()} == {
+        "upcoming": ("sent", None),
+        "due": ("cancelled", "staff"),
+        "last_call": ("pending", None),
+    }
+    assert set(got["fresh"]) == {"upcoming", "due", "last_call"}
+    assert set(got["new"]) == {"upcoming", "due", "last_call"}
+    assert got["unknown"] == {}
+    assert plan_pending(runtime, now=MAR_4) == 0  # nothing left flagged
+
+
+def planning_statements(rt: Runtime, treatment_ids: list[int]) -> list[str]:
+    """The statements planning these treatments' groups sends, BEGIN included."""
+    groups = groups_of(rt, treatment_ids)
+    with statements(rt) as seen, rt.sessions() as s, s.begin():
+        plan_groups(s, rt, groups, now=MAR_4)
+    return seen
+
+
+def test_planning_a_batch_costs_the_same_statements_whatever_its_size(runtime) -> None:
+    clinics = [changed_clinic(runtime) for _ in range(4)]
+    assert len(groups_of(runtime, list(clinics[0].values()))) == 10
+    one = planning_statements(runtime, list(clinics[0].values()))
+    three = planning_statements(runtime, [i for c in clinics[1:] for i in c.values()])
+    # BEGIN; treatments, reminders (two), patients, consents; a cancel per reason (deleted,
+    # superseded, inactive, no_channel, replanned), the moves, the insert, needs_plan.
+    assert len(three) == len(one) <= 14, three
+    assert outcome(runtime, clinics[0]) == outcome(runtime, clinics[3])
+
+
+def test_brand_new_groups_cost_the_same_statements_whatever_their_number(runtime) -> None:
+    few = [add_treatment(runtime, "2026-02-20") for _ in range(2)]
+    many = [add_treatment(runtime, "2026-02-20") for _ in range(20)]
+    assert len(planning_statements(runtime, few)) == len(planning_statements(runtime, many))
+    assert {v[:2] for t in many for v in steps(runtime, t).values()} == {("pending", None)}
+    assert sum(len(steps(runtime, t)) for t in many) == 60
+
+
+def test_a_history_loads_no_patient(runtime) -> None:
+    past = [add_treatment(runtime, "2024-05-01") for _ in range(3)]
+    seen = planning_statements(runtime, past)
+    assert steps(runtime, past[0]) == {}
+    assert not [s for s in seen if "FROM patients" in s and "treatments" not in s]
+    assert plan_pending(runtime, now=MAR_4) == 0
+
+
+def test_planning_reads_a_patient_as_the_model_does(runtime) -> None:
+    with runtime.sessions() as s, s.begin():
+        patients = [
+            factories.patient(s),
+            factories.patient(s, channels="whatsapp|sms|email", whatsapp="+905431970000"),
+            factories.patient(s, channels="whatsapp|email", consent=["whatsapp"]),
+            factories.patient(s, channels="email|sms", email=None, travel_lead_days=7),
+            factories.patient(s, channels="sms", active=False, timezone="Asia/Tokyo"),
+            factories.patient(s, channels="", consent=[]),
+        ]
+        consents.opt_out(s, patients[1], "whatsapp", source="test", now=JAN_10)
+        s.flush()
+        contacts = contacts_by_id(s, [p.id for p in patients])
+        for p in patients:
+            c = contacts[p.id]
+            assert (c.timezone, c.travel_lead_days, c.active) == (
+                p.timezone,
+                p.travel_lead_days,
+                p.active,
+            )
+            assert c.channel_order == p.channel_order
+            assert usable_channels(c) == usable_channels(p)
+            for channel in Channel:
+                assert c.address(channel) == p.address(channel)
+                theirs, ours = p.consent(channel), c.consent(channel)
+                assert (ours and ours.usable) == (theirs and theirs.usable)
+
+
+def test_objects_the_callers_session_holds_see_what_planning_wrote(runtime) -> None:
+    t = add_treatment(runtime, "2026-01-05")
+    plan_pending(runtime, now=JAN_10)
+    patient_id = patient_of(runtime, t)
+    with runtime.sessions() as s, s.begin():
+        treatment = s.get_one(Treatment, t)
+        held = list(s.scalars(select(Reminder).where(Reminder.treatment_id == t)))
+        s.get_one(factories.Patient, patient_id).active = False
+        treatment.needs_plan = True
+        assert plan_group(s, runtime, patient_id, "chronic_migraine", now=JAN_10) == 3
+        assert treatment.needs_plan is False
+        assert {(r.status, r.reason) for r in held} == {("cancelled", "inactive")}
+    assert {v[:2] for v in steps(runtime, t).values()} == {("cancelled", "inactive")}

@@ -1,9 +1,8 @@
 """Bulk work for big batches: lookups by many values, and planning brand-new groups at once.
 
 A first import is mostly treatments of (patient, protocol) groups that have nothing stored
-yet. The planner (:func:`reminders.planner.plan_group`) costs several queries per group;
-:func:`plan_fresh` plans such groups the way the planner plans a group without any reminder,
-with one query for their patients and one insert for all their reminders.
+yet; :func:`plan_fresh` hands them to the set-based planner
+(:func:`reminders.planner.plan_groups`), which costs a few statements per batch of groups.
 ``tests/test_import_csv.py`` checks that the result equals the planner's.
 """
 
@@ -15,12 +14,10 @@ from typing import Any, TypeVar
 
 from sqlalchemy import ColumnElement, any_, bindparam, select
 from sqlalchemy.dialects.postgresql import ARRAY
-from sqlalchemy.dialects.postgresql import insert as pg_insert
-from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.orm import QueryableAttribute, Session
 
-from reminders.models import Patient, Reminder, ReminderStatus, Treatment
-from reminders.planning import PlannedReminder, plan, step_date, usable_channels, window_for
+from reminders.models import Patient, ReminderStatus, Treatment
+from reminders.planning import PlannedReminder, step_date, window_for
 from reminders.protocols import Protocol
 from reminders.runtime import Runtime
 
@@ -86,39 +83,14 @@ def latest_of(new: list[dict[str, Any]], groups: set[Group]) -> dict[Group, dict
 def plan_fresh(
     session: Session, runtime: Runtime, latest: dict[Group, dict[str, Any]], now: dt.datetime
 ) -> None:
-    """Plan brand-new groups in bulk, as :func:`reminders.planner.plan_group` would plan a group
-    without any reminder yet: the latest treatment's steps still ahead, nothing for a patient
-    who is inactive or has no usable channel; one insert for all. A first import is mostly
-    these, and one query per group would make it slow. A history (every step past) loads
-    nothing. ``tests/test_import_csv.py`` checks the result equals the planner's."""
-    horizon = now.astimezone(runtime.settings.clinic_zone).date() - dt.timedelta(days=1)
-    ahead = {
-        group: values
-        for group, values in latest.items()
-        if last_step(runtime.protocols[group[1]], values["administered_on"]) >= horizon
-    }
-    if not ahead:
-        return
-    ids = treatment_ids(session, [v["external_id"] for v in ahead.values()])
-    patients = {
-        p.id: p
-        for p in session.scalars(
-            select(Patient).where(among(session, Patient.id, sorted({g[0] for g in ahead})))
-        )
-    }
-    rows = []
-    for (patient_id, code), values in ahead.items():
-        patient, protocol = patients[patient_id], runtime.protocols[code]
-        if not usable_channels(patient):  # an inactive patient has none
-            continue
-        steps = plan(values["administered_on"], protocol, patient, runtime.timing, now=now)
-        rows += [reminder_row(ids[values["external_id"]], patient_id, code, p) for p in steps]
-        if steps:
-            runtime.metrics.planned.labels(code).inc(len(steps))
-    if rows:
-        dialect = session.get_bind().dialect.name
-        statement = (pg_insert if dialect == "postgresql" else sqlite_insert)(Reminder)
-        session.execute(statement.on_conflict_do_nothing(), rows)
+    """Plan brand-new groups (``latest``: each group's latest new treatment) in bulk. The
+    set-based planner (:func:`reminders.planner.plan_groups`) plans them with a few statements
+    per batch, a history (every step past) loading no patient; this stays for callers that
+    know their groups are new. ``tests/test_import_csv.py`` checks the result equals the
+    planner's."""
+    from reminders.planner import plan_groups  # the planner uses this module's lookups
+
+    plan_groups(session, runtime, latest, now=now)
 
 
 def reminder_row(

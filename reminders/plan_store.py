@@ -1,0 +1,368 @@
+"""The statements of set-based planning: a batch of (patient, protocol) groups is read with a
+few queries and written with a few, whatever its size.
+
+:mod:`reminders.planner` decides in Python (with the pure :mod:`reminders.planning`) between
+the reads and the writes. Lookups of many values go in chunks of at most
+:data:`reminders.importing.bulk.CHUNK` values (SQLite's parameter limit); on PostgreSQL each
+is one array parameter (:func:`reminders.importing.bulk.among`, or a join with ``unnest``
+where the planner would otherwise scan a whole table: :func:`_keyed`). Functions take the
+session and never commit: the caller owns the transaction. Writes go around the ORM, so
+objects of the caller's session that they touch are brought up to date here.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections import Counter
+from collections.abc import Collection, Iterable, Sequence
+from dataclasses import dataclass
+from typing import Any, NamedTuple, cast
+
+from sqlalchemy import Executable, Integer, String, Table, bindparam, func, literal, select, update
+from sqlalchemy.dialects.postgresql import ARRAY
+from sqlalchemy.dialects.postgresql import insert as pg_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+from sqlalchemy.engine import Result
+from sqlalchemy.orm import QueryableAttribute, Session
+from sqlalchemy.orm.attributes import set_committed_value
+from sqlalchemy.sql import Select
+from sqlalchemy.types import TypeEngine
+
+from reminders.db import UTCDateTime, utcnow
+from reminders.importing.bulk import among, chunks
+from reminders.models import Channel, Consent, Patient, Reminder, ReminderStatus, Treatment
+
+RS = ReminderStatus
+Group = tuple[int, str]  # (patient id, protocol)
+# Cancellations that a later plan may undo (the reason went away); staff and sent ones stay.
+REVERSIBLE_REASONS = ("superseded", "inactive", "no_channel", "deleted", "replanned")
+REMINDERS = cast(Table, Reminder.__table__)
+
+
+class TreatmentRow(NamedTuple):
+    id: int
+    patient_id: int
+    protocol: str
+    administered_on: dt.date
+    deleted_at: dt.datetime | None
+    needs_plan: bool
+
+
+class ReminderRow(NamedTuple):
+    id: int
+    treatment_id: int
+    step: str
+    status: str
+    reason: str | None
+    due_at: dt.datetime
+    expires_at: dt.datetime
+
+    @property
+    def reopenable(self) -> bool:
+        return self.status == RS.CANCELLED and self.reason in REVERSIBLE_REASONS
+
+
+def groups_to_plan(session: Session, limit: int) -> list[Group]:
+    """(patient, protocol) groups that have a treatment waiting to be planned."""
+    rows = session.execute(
+        select(Treatment.patient_id, Treatment.protocol)
+        .where(Treatment.needs_plan)
+        .group_by(Treatment.patient_id, Treatment.protocol)
+        .limit(limit)
+    )
+    return [(r[0], r[1]) for r in rows]
+
+
+def treatments_of(session: Session, groups: Collection[Group]) -> dict[Group, list[TreatmentRow]]:
+    """Every treatment of these groups, deleted ones included, latest first (date
+    administered, then id); a group without any is left out."""
+    wanted = set(groups)
+    codes = sorted({g[1] for g in wanted})
+    found: dict[Group, list[TreatmentRow]] = {}
+    for chunk in chunks(sorted({g[0] for g in wanted})):
+        rows = session.execute(
+            select(
+                Treatment.id,
+                Treatment.patient_id,
+                Treatment.protocol,
+                Treatment.administered_on,
+                Treatment.deleted_at,
+                Treatment.needs_plan,
+            ).where(
+                among(session, Treatment.patient_id, chunk),
+                among(session, Treatment.protocol, codes),
+            )
+        )
+        for row in rows:
+            treatment = TreatmentRow(*row)
+            group = (treatment.patient_id, treatment.protocol)
+            if group in wanted:
+                found.setdefault(group, []).append(treatment)
+    for treatments in found.values():
+        treatments.sort(key=lambda t: (t.administered_on, t.id), reverse=True)
+    return found
+
+
+@dataclass(frozen=True)
+class ConsentView:
+    usable: bool
+
+
+@dataclass(slots=True)
+class Contact:
+    """What planning reads of a patient (:class:`reminders.models.Patient` answers the same:
+    ``tests/test_planner.py`` checks), read as plain columns: ORM objects cost several times
+    more, and the caller's changes are flushed before planning reads."""
+
+    id: int
+    timezone: str
+    travel_lead_days: int
+    active: bool
+    channels: str
+    email: str | None
+    phone: str | None
+    whatsapp: str | None
+    consents: dict[str, ConsentView]
+
+    @property
+    def channel_order(self) -> list[Channel]:
+        return [Channel(c) for c in self.channels.split("|") if c]
+
+    def address(self, channel: Channel) -> str | None:
+        return {
+            Channel.EMAIL: self.email,
+            Channel.SMS: self.phone,
+            Channel.WHATSAPP: self.whatsapp or self.phone,
+        }[channel]
+
+    def consent(self, channel: Channel) -> ConsentView | None:
+        return self.consents.get(channel)
+
+
+def contacts_by_id(session: Session, ids: Iterable[int]) -> dict[int, Contact]:
+    """The patients with their consents, as :class:`Contact` (two queries per chunk)."""
+    found: dict[int, Contact] = {}
+    for chunk in chunks(sorted(set(ids))):
+        consents: dict[int, dict[str, ConsentView]] = {}
+        for patient_id, channel, granted, opted_out_at in _keyed(
+            session,
+            select(Consent.patient_id, Consent.channel, Consent.granted, Consent.opted_out_at),
+            Consent.patient_id,
+            chunk,
+        ):
+            usable = ConsentView(bool(granted) and opted_out_at is None)
+            consents.setdefault(patient_id, {})[channel] = usable
+        rows = session.execute(
+            select(
+                Patient.id,
+                Patient.timezone,
+                Patient.travel_lead_days,
+                Patient.active,
+                Patient.channels,
+                Patient.email,
+                Patient.phone,
+                Patient.whatsapp,
+            ).where(among(session, Patient.id, chunk))
+        )
+        for row in rows:
+            found[row[0]] = Contact(*row, consents=consents.get(row[0], {}))
+    return found
+
+
+def reminders_of(session: Session, treatment_ids: Iterable[int]) -> dict[int, list[ReminderRow]]:
+    """Every reminder of these treatments, by treatment."""
+    found: dict[int, list[ReminderRow]] = {}
+    for chunk in chunks(sorted(set(treatment_ids))):
+        rows = _keyed(
+            session,
+            select(
+                Reminder.id,
+                Reminder.treatment_id,
+                Reminder.step,
+                Reminder.status,
+                Reminder.reason,
+                Reminder.due_at,
+                Reminder.expires_at,
+            ),
+            Reminder.treatment_id,
+            chunk,
+        )
+        for row in rows:
+            reminder = ReminderRow(*row)
+            found.setdefault(reminder.treatment_id, []).append(reminder)
+    return found
+
+
+def pending_of(session: Session, treatment_ids: Iterable[int]) -> dict[int, list[int]]:
+    """The pending reminders' ids of these treatments, by treatment. The status is filtered
+    here: asked in SQL, PostgreSQL may walk every pending reminder through the due index."""
+    found: dict[int, list[int]] = {}
+    for chunk in chunks(sorted(set(treatment_ids))):
+        rows = _keyed(
+            session,
+            select(Reminder.id, Reminder.treatment_id, Reminder.status),
+            Reminder.treatment_id,
+            chunk,
+        )
+        for reminder_id, treatment_id, status in rows:
+            if status == RS.PENDING:
+                found.setdefault(treatment_id, []).append(reminder_id)
+    return found
+
+
+def _keyed(
+    session: Session,
+    query: Select[*tuple[Any, ...]],
+    column: QueryableAttribute[Any],
+    values: Sequence[Any],
+) -> Result[*tuple[Any, ...]]:
+    """``query`` for the rows whose ``column`` is among ``values``. On PostgreSQL a join with
+    ``unnest(array)``: the planner counts on a few values there and probes the index per
+    value, where ``= ANY(array)`` may make it scan the whole table below a few million rows
+    (the cost would follow the table's size, not the batch's)."""
+    if session.get_bind().dialect.name != "postgresql":
+        return session.execute(query.where(among(session, column, values)))
+    given = (
+        func.unnest(bindparam(None, list(values), type_=ARRAY(column.type)))
+        .table_valued("value")
+        .render_derived()
+    )
+    return session.execute(query.join(given, column == given.c.value))
+
+
+def insert_reminders(session: Session, rows: Sequence[dict[str, Any]]) -> Counter[str]:
+    """Insert these pending reminders (:func:`reminders.importing.bulk.reminder_row`), skipping
+    any (treatment, step) that exists already (a concurrent planner got there first); returns
+    the rows inserted by protocol. On PostgreSQL one statement of arrays, whatever the number
+    of rows: a multi-row VALUES would be new text, parsed again, for every size."""
+    inserted: Counter[str] = Counter()
+    if not rows:
+        return inserted
+    table = REMINDERS
+    if session.get_bind().dialect.name == "postgresql":
+        params = {name: [row[name] for row in rows] for name in _UNNESTED}
+        result = session.execute(_unnest_insert(), {**params, "now": utcnow()})
+    else:
+        statement = sqlite_insert(table).on_conflict_do_nothing().returning(table.c.protocol)
+        result = session.execute(statement, list(rows))
+    inserted.update(result.scalars())
+    return inserted
+
+
+_UNNESTED: dict[str, TypeEngine[Any]] = {
+    "treatment_id": Integer(),
+    "patient_id": Integer(),
+    "protocol": String(),
+    "step": String(),
+    "due_at": UTCDateTime(),
+    "expires_at": UTCDateTime(),
+}
+
+
+def _unnest_insert() -> Executable:
+    """``INSERT INTO reminders ... SELECT ... FROM unnest(arrays) ON CONFLICT DO NOTHING
+    RETURNING protocol``: new pending reminders from one array per column."""
+    table = REMINDERS
+    given = (
+        func.unnest(*(bindparam(name, type_=ARRAY(kind)) for name, kind in _UNNESTED.items()))
+        .table_valued(*_UNNESTED)
+        .render_derived()
+    )
+    now = bindparam("now", type_=UTCDateTime())
+    values = {
+        "treatment_id": given.c.treatment_id,
+        "patient_id": given.c.patient_id,
+        "protocol": given.c.protocol,
+        "step": given.c.step,
+        "status": literal(RS.PENDING.value),
+        "due_at": given.c.due_at,
+        "expires_at": given.c.expires_at,
+        "next_attempt_at": given.c.due_at,
+        "attempts": literal(0),
+        "created_at": now,
+        "updated_at": now,
+    }
+    return (
+        pg_insert(table)
+        .from_select(list(values), select(*values.values()))
+        .on_conflict_do_nothing()
+        .returning(table.c.protocol)
+    )
+
+
+def cancel(session: Session, reason: str, reminder_ids: Sequence[int]) -> int:
+    """Cancel these reminders with ``reason`` if they are still pending; returns how many."""
+    if not reminder_ids:
+        return 0
+    cancelled = 0
+    for chunk in chunks(reminder_ids):
+        result = session.execute(
+            update(Reminder)
+            .where(among(session, Reminder.id, chunk), Reminder.status == RS.PENDING)
+            .values(status=RS.CANCELLED, reason=reason)
+            .execution_options(synchronize_session=False)
+        )
+        cancelled += int(getattr(result, "rowcount", 0) or 0)
+    _forget(session, reminder_ids)
+    return cancelled
+
+
+def reopen(session: Session, moves: Sequence[dict[str, Any]]) -> None:
+    """Make reminders pending at new times (``rid``; ``was`` and ``was_reason``: the status and
+    reason they were read with; ``due``, ``expires``). One that changed since it was read (a
+    dispatcher claimed it, staff cancelled it) is left alone."""
+    if not moves:
+        return
+    table = REMINDERS
+    statement = (
+        update(table)
+        .where(
+            table.c.id == bindparam("rid"),
+            table.c.status == bindparam("was"),
+            table.c.reason.is_not_distinct_from(bindparam("was_reason")),
+        )
+        .values(
+            status=RS.PENDING,
+            reason=None,
+            due_at=bindparam("due"),
+            expires_at=bindparam("expires"),
+            next_attempt_at=bindparam("due"),
+        )
+    )
+    session.execute(statement, list(moves))
+    _forget(session, [m["rid"] for m in moves])
+
+
+def clear_needs_plan(session: Session, treatment_ids: Sequence[int]) -> None:
+    """These treatments are planned (only the ones read: one flagged since waits its turn)."""
+    if not treatment_ids:
+        return
+    for chunk in chunks(treatment_ids):
+        session.execute(
+            update(Treatment)
+            .where(among(session, Treatment.id, chunk), Treatment.needs_plan)
+            .values(needs_plan=False)
+            .execution_options(synchronize_session=False)
+        )
+    held = _held(session, Treatment)
+    for treatment_id in treatment_ids if held else ():
+        if (treatment := held.get(treatment_id)) is not None:
+            set_committed_value(treatment, "needs_plan", False)
+            session.expire(treatment, ["updated_at"])
+
+
+def _forget(session: Session, reminder_ids: Iterable[int]) -> None:
+    """Reminder objects the caller's session holds reload after a write around the ORM."""
+    held = _held(session, Reminder)
+    for reminder_id in reminder_ids if held else ():
+        if (reminder := held.get(reminder_id)) is not None:
+            session.expire(reminder)
+
+
+def _held(session: Session, model: type[Any]) -> dict[int, Any]:
+    """The objects of ``model`` the session holds, by id (a look at each key, not a query)."""
+    held: dict[int, Any] = {}
+    for state in session.identity_map.all_states():
+        if state.class_ is model and state.identity is not None:
+            held[state.identity[0]] = state.obj()
+    return held
