@@ -15,6 +15,7 @@ from __future__ import annotations
 import datetime as dt
 import functools
 import re
+import sys
 import zoneinfo
 from collections.abc import Collection, Mapping
 from dataclasses import dataclass, field
@@ -51,6 +52,8 @@ TREATMENT_FIELDS = (
     "units",
     "location",
 )
+_PATIENT_KNOWN = frozenset(PATIENT_FIELDS + PATIENT_OPTIONAL_FIELDS)
+_TREATMENT_KNOWN = frozenset(TREATMENT_FIELDS)
 MAX_TRAVEL_LEAD_DAYS = 60
 MAX_UNITS = Decimal("99999999.99")  # the column is NUMERIC(10, 2)
 YES = frozenset({"yes", "y", "true", "1"})
@@ -133,9 +136,9 @@ class TreatmentRecord:
 class _Fields:
     """Reads raw values as stripped text and collects problems instead of stopping at one."""
 
-    def __init__(self, raw: Mapping[str, object], known: Collection[str]) -> None:
+    def __init__(self, raw: Mapping[str, object], known: frozenset[str]) -> None:
         self.raw = raw
-        self.problems = [Problem(k, "unknown field") for k in raw if k not in known]
+        self.problems = [] if known.issuperset(raw) else _unknown(raw, known)
 
     def fail(self, name: str, reason: str) -> None:
         self.problems.append(Problem(name, reason))
@@ -145,16 +148,22 @@ class _Fields:
     ) -> str:
         """The stripped text of a field ("" when not given); ``free`` text (names, product,
         location) has its runs of whitespace, line breaks included, made one space."""
-        try:
-            value = as_text(self.raw.get(name))
-        except TypeError as exc:
-            self.fail(name, str(exc))
-            return ""
+        value = self.raw.get(name)
+        if type(value) is str:  # the common case, first: as_text strips text
+            value = value.strip()
+        else:
+            try:
+                value = as_text(value)
+            except TypeError as exc:
+                self.fail(name, str(exc))
+                return ""
         if free:
             value = " ".join(value.split())
-        if required and not value:
-            self.fail(name, "is required")
-        elif len(value) > max_length:
+        if not value:
+            if required:
+                self.fail(name, "is required")
+            return ""
+        if len(value) > max_length:
             self.fail(name, f"is longer than {max_length} characters")
         elif _CONTROL.search(value):
             self.fail(name, "contains control characters")
@@ -165,6 +174,10 @@ class _Fields:
     def raise_if_invalid(self) -> None:
         if self.problems:
             raise InvalidRecordError(self.problems)
+
+
+def _unknown(raw: Mapping[str, object], known: frozenset[str]) -> list[Problem]:
+    return [Problem(k, "unknown field") for k in raw if k not in known]
 
 
 def as_text(value: object) -> str:
@@ -184,7 +197,7 @@ def as_text(value: object) -> str:
 
 def parse_patient(raw: Mapping[str, object], rules: Rules) -> PatientRecord:
     """A patient record from raw values, or InvalidRecordError naming every bad field."""
-    f = _Fields(raw, PATIENT_FIELDS + PATIENT_OPTIONAL_FIELDS)
+    f = _Fields(raw, _PATIENT_KNOWN)
     email = _email(f)
     phone = _phone(f, "phone", rules.country)
     whatsapp = _phone(f, "whatsapp", rules.country)
@@ -208,7 +221,7 @@ def parse_patient(raw: Mapping[str, object], rules: Rules) -> PatientRecord:
 
 def parse_treatment(raw: Mapping[str, object], rules: Rules) -> TreatmentRecord:
     """A treatment record from raw values, or InvalidRecordError naming every bad field."""
-    f = _Fields(raw, TREATMENT_FIELDS)
+    f = _Fields(raw, _TREATMENT_KNOWN)
     record = TreatmentRecord(
         external_id=f.text("external_id", required=True, max_length=128),
         patient_external_id=f.text("patient_external_id", required=True, max_length=128),
@@ -326,9 +339,10 @@ def _lead_days(f: _Fields) -> int:
 
 def _protocol(f: _Fields, protocols: frozenset[str]) -> str:
     value = f.text("protocol", required=True, max_length=64)
-    if value and value.lower() not in protocols:
+    code = sys.intern(value.lower())  # one string per protocol, however many rows
+    if value and code not in protocols:
         f.fail("protocol", f"unknown protocol {value!r}; known: {', '.join(sorted(protocols))}")
-    return value.lower()
+    return code
 
 
 def _administered_on(f: _Fields, today: dt.date) -> dt.date:
@@ -351,6 +365,15 @@ def _units(f: _Fields) -> Decimal | None:
     value = f.text("units", max_length=32)
     if not value:
         return None
+    units, problem = _read_units(value)
+    if problem:
+        f.fail("units", problem)
+    return units
+
+
+@functools.lru_cache(maxsize=1024)  # a clinic's files repeat a few doses
+def _read_units(value: str) -> tuple[Decimal | None, str | None]:
+    """The units of a non-empty value, or the reason it is refused."""
     if _COMMA_DECIMAL.fullmatch(value):  # a decimal comma, as Turkish spreadsheets write it
         value = value.replace(",", ".")
     try:
@@ -358,9 +381,7 @@ def _units(f: _Fields) -> Decimal | None:
     except InvalidOperation:
         units = Decimal("NaN")
     if not units.is_finite() or units <= 0 or units > MAX_UNITS:
-        f.fail("units", f"{value!r} is not a positive number")
-        return None
+        return None, f"{value!r} is not a positive number"
     if units != units.quantize(Decimal("0.01")):
-        f.fail("units", "has more than 2 decimal places")
-        return None
-    return units
+        return None, "has more than 2 decimal places"
+    return units, None

@@ -8,33 +8,29 @@ channels, consents, zone, travel lead, active) re-plans the patient's treatments
 treatment (another date, protocol or patient) takes back its unsent reminders and plans again;
 a deleted one cancels its unsent reminders.
 
-Work goes in chunks with one lookup query per chunk, not one per row. Brand-new (patient,
-protocol) groups, most of a first import, are planned in bulk (:mod:`reminders.importing.bulk`);
-the others one group at a time by the planner.
+Work goes in chunks with one lookup query per chunk, not one per row, and every (patient,
+protocol) group a chunk touched is planned by one call of the set-based planner
+(:func:`reminders.planner.plan_groups`). The CSV import writes with :func:`write_treatments`
+and plans the groups it touched once, at the end, however many chunks touched them.
 """
 
 from __future__ import annotations
 
 import datetime as dt
 import enum
-from collections.abc import Iterable, Sequence
+from collections import Counter
+from collections.abc import Collection, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+import psycopg
 from sqlalchemy import insert, select, update
 from sqlalchemy.orm import Session
 
-from reminders import consents
-from reminders.importing.bulk import (
-    among,
-    chunks,
-    fresh_groups,
-    latest_of,
-    patient_ids,
-    plan_fresh,
-)
+from reminders import consents, planner
+from reminders.db import utcnow
+from reminders.importing.bulk import among, chunks, patient_ids
 from reminders.models import Channel, Consent, Patient, Reminder, ReminderStatus, Treatment
-from reminders.planner import mark_patient_changed, plan_group
 from reminders.records import PatientRecord, TreatmentRecord
 from reminders.runtime import Runtime
 
@@ -65,8 +61,8 @@ class Counts:
     missing: int = 0
 
     def add(self, outcomes: Iterable[Outcome]) -> Counts:
-        for outcome in outcomes:
-            setattr(self, outcome.value, getattr(self, outcome.value) + 1)
+        for outcome, n in Counter(outcomes).items():
+            setattr(self, outcome.value, getattr(self, outcome.value) + n)
         return self
 
     @property
@@ -81,6 +77,9 @@ class Counts:
         ]
         parts += [f"{n} {name}" for name, n in (("deleted", self.deleted),) if n]
         return ", ".join(parts)
+
+
+Group = tuple[int, str]  # (patient id, protocol)
 
 
 class UnknownPatientError(LookupError):
@@ -113,19 +112,34 @@ def upsert_patients(
     for chunk in chunks(records):
         stored = _stored_patients(session, [r.external_id for r in chunk])
         _insert_patients(session, [r for r in chunk if r.external_id not in stored], source, now)
+        changed = [
+            stored[r.external_id].id
+            for r in chunk
+            if r.external_id in stored and not stored[r.external_id].same_as(r)
+        ]
+        rows = _patient_rows(session, changed)
         replan: list[int] = []
         for record in chunk:
             found = stored.get(record.external_id)
             outcome = Outcome.CREATED
-            if found is not None and found.same_as(record):
+            if found is not None and found.id not in rows:
                 outcome = Outcome.UNCHANGED
             elif found is not None:
-                row = session.get_one(Patient, found.id)
+                row = rows[found.id]
                 outcome, affects_plan = _update_patient(session, row, record, source, now)
                 replan += [row.id] if affects_plan else []
             outcomes.append(outcome)
         _replan_patients(session, runtime, replan, now)
     return outcomes
+
+
+def _patient_rows(session: Session, ids: list[int]) -> dict[int, Patient]:
+    """The ORM rows (consents loaded) of the patients a chunk changes, with one query."""
+    if not ids:
+        return {}
+    return {
+        p.id: p for p in session.scalars(select(Patient).where(among(session, Patient.id, ids)))
+    }
 
 
 @dataclass(frozen=True)
@@ -244,8 +258,13 @@ def _replan_patients(
 ) -> None:
     if not patient_ids:
         return
-    for patient_id in patient_ids:
-        mark_patient_changed(session, patient_id)
+    session.flush()  # the patients' changes, before the statements below
+    session.execute(  # what the planner's mark_patient_changed does, for all at once
+        update(Treatment)
+        .where(among(session, Treatment.patient_id, patient_ids))
+        .values(needs_plan=True)
+        .execution_options(synchronize_session=False)
+    )
     groups = session.execute(
         select(Treatment.patient_id, Treatment.protocol)
         .where(among(session, Treatment.patient_id, patient_ids), Treatment.needs_plan)
@@ -255,11 +274,12 @@ def _replan_patients(
 
 
 def plan_groups(
-    session: Session, runtime: Runtime, groups: set[tuple[int, str]], now: dt.datetime
+    session: Session, runtime: Runtime, groups: Collection[Group], now: dt.datetime
 ) -> None:
-    """Plan each (patient, protocol) in the caller's transaction."""
-    for patient_id, protocol in sorted(groups):
-        plan_group(session, runtime, patient_id, protocol, now=now)
+    """Plan these (patient, protocol) groups in the caller's transaction: one call of the
+    set-based planner, which reads and writes a batch of groups with a few statements."""
+    if groups:
+        planner.plan_groups(session, runtime, groups, now=now)
 
 
 # Treatments
@@ -283,74 +303,105 @@ def upsert_treatments(
         raise UnknownPatientError(missing)
     outcomes: list[Outcome] = []
     for chunk in chunks(records):
-        outcomes += _upsert_treatment_chunk(session, runtime, chunk, owners, now)
+        groups: set[Group] = set()
+        outcomes += write_treatments(session, runtime, chunk, owners, now, groups)
+        plan_groups(session, runtime, groups, now)
     return outcomes
 
 
-def _upsert_treatment_chunk(
+def write_treatments(
     session: Session,
     runtime: Runtime,
     chunk: Sequence[TreatmentRecord],
     owners: dict[str, int],
     now: dt.datetime,
+    to_plan: set[Group],
 ) -> list[Outcome]:
+    """Store a chunk of treatments (distinct external ids, patients in ``owners``) without
+    planning them: the groups to plan are added to ``to_plan``, and the caller must plan them
+    in this transaction with :func:`plan_groups` (new treatments are stored without the
+    ``needs_plan`` flag, so nothing else would). A few statements per chunk: the lookup, one
+    insert for the new ones, one query for the rows of the changed ones."""
     stored = _stored_treatments(session, [r.external_id for r in chunk])
-    groups: set[tuple[int, str]] = set()
-    new: list[dict[str, Any]] = []
+    new: list[tuple[Any, ...]] = []  # in the order of NEW_TREATMENT, less the timestamps
+    changed: dict[str, dict[str, Any]] = {}
     outcomes = []
+    protocols = runtime.protocols
     for record in chunk:
-        values = _treatment_values(record, owners[record.patient_external_id])
+        values = (
+            owners[record.patient_external_id],
+            record.protocol,
+            record.administered_on,
+            record.product,
+            record.units,
+            record.location,
+        )
         found = stored.get(record.external_id)
         if found is None:
-            new.append({"external_id": record.external_id, "needs_plan": True, **values})
-            outcome = Outcome.CREATED
-            groups.add((values["patient_id"], record.protocol))
+            # Not flagged: the caller plans its group in this transaction (below, or at the
+            # end of an import), and a flag would cost an update of every new row. Under a
+            # protocol no longer configured it waits, flagged, and the planner logs it.
+            new.append((record.external_id, *values, record.protocol not in protocols))
+            to_plan.add((values[0], record.protocol))
+            outcomes.append(Outcome.CREATED)
         elif found == (values, None):  # the same, and not deleted
-            outcome = Outcome.UNCHANGED
+            outcomes.append(Outcome.UNCHANGED)
         else:
-            row = session.scalars(
-                select(Treatment).where(Treatment.external_id == record.external_id)
-            ).one()
-            outcome = _update_treatment(session, row, values, groups)
-        outcomes.append(outcome)
-    fresh = fresh_groups(session, new)
-    latest = latest_of(new, fresh)
-    leftover = {g for g in fresh if runtime.protocols.get(g[1]) is None}  # the planner logs it
-    for values in new:
-        group = (values["patient_id"], values["protocol"])
-        values["needs_plan"] = group not in fresh or group in leftover
-    if new:
-        session.execute(insert(Treatment), new)
-    plan_fresh(session, runtime, {g: v for g, v in latest.items() if g not in leftover}, now)
-    plan_groups(session, runtime, (groups - fresh) | leftover, now)
+            changed[record.external_id] = dict(zip(TREATMENT_VALUES, values, strict=True))
+            outcomes.append(Outcome.UPDATED)  # or UNCHANGED, settled below
+    _insert_treatments(session, new)
+    if changed:
+        rows = session.scalars(
+            select(Treatment).where(among(session, Treatment.external_id, list(changed)))
+        )
+        same = {
+            row.external_id
+            for row in rows
+            if _update_treatment(session, row, changed[row.external_id], to_plan)
+            is Outcome.UNCHANGED
+        }
+        if same:
+            outcomes = [
+                Outcome.UNCHANGED if o is Outcome.UPDATED and r.external_id in same else o
+                for o, r in zip(outcomes, chunk, strict=True)
+            ]
     return outcomes
+
+
+def _insert_treatments(session: Session, rows: list[tuple[Any, ...]]) -> None:
+    """One statement for a chunk's new treatments: on PostgreSQL a COPY, which costs the
+    driver a fraction of what a many-row INSERT does; elsewhere an executemany."""
+    if not rows:
+        return
+    stamp = utcnow()
+    raw = session.connection().connection.driver_connection
+    if not isinstance(raw, psycopg.Connection):  # SQLite (or another driver)
+        stamped = [dict(zip(NEW_TREATMENT, (*r, stamp, stamp), strict=True)) for r in rows]
+        session.execute(insert(Treatment), stamped)
+        return
+    columns = ", ".join(NEW_TREATMENT)
+    with raw.cursor() as cursor, cursor.copy(f"COPY treatments ({columns}) FROM STDIN") as copy:
+        for row in rows:
+            copy.write_row((*row, stamp, stamp))
 
 
 def _stored_treatments(
     session: Session, external_ids: list[str]
-) -> dict[str, tuple[dict[str, Any], dt.datetime | None]]:
-    """Stored treatments' values and deletion time as plain data: comparing needs no ORM."""
+) -> dict[str, tuple[tuple[Any, ...], dt.datetime | None]]:
+    """Stored treatments' values (in the order of TREATMENT_VALUES) and deletion time as plain
+    data: comparing needs no ORM."""
     columns = [getattr(Treatment, name) for name in TREATMENT_VALUES]
     rows = session.execute(
         select(Treatment.external_id, Treatment.deleted_at, *columns).where(
             among(session, Treatment.external_id, external_ids)
         )
     )
-    return {r[0]: (dict(zip(TREATMENT_VALUES, r[2:], strict=True)), r[1]) for r in rows}
+    return {r[0]: (tuple(r[2:]), r[1]) for r in rows}
 
 
 TREATMENT_VALUES = ("patient_id", "protocol", "administered_on", "product", "units", "location")
-
-
-def _treatment_values(record: TreatmentRecord, patient_id: int) -> dict[str, Any]:
-    return {
-        "patient_id": patient_id,
-        "protocol": record.protocol,
-        "administered_on": record.administered_on,
-        "product": record.product,
-        "units": record.units,
-        "location": record.location,
-    }
+# The columns a COPY of new treatments writes, in order.
+NEW_TREATMENT = ("external_id", *TREATMENT_VALUES, "needs_plan", "created_at", "updated_at")
 
 
 def _update_treatment(

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import click
 
-from reminders.importing.csv import CsvFileError, Kind, Progress, Report, import_rows, read_rows
+from reminders.importing.csv import CsvFileError, Kind, Progress, Report, import_scanned, scan_file
 
 # Files with at least this many rows get a progress bar on stderr.
 PROGRESS_ROWS = 5000
@@ -51,13 +51,11 @@ def _run(kind: Kind, file: Path, dry_run: bool, skip_invalid: bool) -> None:
     runtime = _runtime(_settings(), channels=False)
     try:
         _require_schema(runtime)
-        rows, row_errors = read_rows(file, kind)
-        with _progress(len(rows) + len(row_errors), kind) as progress:
-            report = import_rows(
+        scan = scan_file(file, kind)
+        with _progress(scan.rows, kind) as progress:
+            report = import_scanned(
                 runtime,
-                kind,
-                rows,
-                row_errors,
+                scan,
                 now=runtime.clock(),
                 dry_run=dry_run,
                 skip_invalid=skip_invalid,

@@ -7,26 +7,33 @@ else is refused with the line and column: a file that is not UTF-8, a header wit
 unknown columns, a row with more cells than the header, and every value the validation layer
 refuses. By default a file with any bad row imports nothing; ``skip_invalid`` imports the good
 rows; ``dry_run`` does all the work in a transaction that is rolled back.
+
+The file is streamed, never held whole: a first pass (:func:`scan_file`) checks the encoding
+and the header, counts the rows and finds the external ids that repeat; the second reads,
+checks and writes :data:`CHUNK_ROWS` rows at a time, all in one transaction, so memory follows
+the chunk (and the set of external ids the first pass keeps), not the file.
 """
 
 from __future__ import annotations
 
+import codecs
 import csv
 import datetime as dt
-import io
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal, TypeVar
+from typing import Literal
 
 from sqlalchemy.orm import Session
 
 from reminders import protocol_store
-from reminders.importing.batch import Checked, RawRow, RowError, check_rows, drop_unknown_patients
+from reminders.importing.batch import PROGRESS_STEP, RowError
+from reminders.importing.bulk import patient_ids
 from reminders.records import (
     PATIENT_FIELDS,
     PATIENT_OPTIONAL_FIELDS,
     TREATMENT_FIELDS,
+    InvalidRecordError,
     PatientRecord,
     Rules,
     TreatmentRecord,
@@ -34,11 +41,20 @@ from reminders.records import (
     parse_treatment,
 )
 from reminders.runtime import Runtime
-from reminders.upsert import Counts, Outcome, upsert_patients, upsert_treatments
+from reminders.upsert import (
+    Counts,
+    Group,
+    plan_groups,
+    upsert_patients,
+    write_treatments,
+)
 
 Kind = Literal["patients", "treatments"]
 DELIMITERS = (",", ";", "\t")
-WRITE_CHUNK = 1000  # records per upsert call: the progress bar moves this often
+CHUNK_ROWS = 2000  # rows read, checked and written together
+PLAN_BACKLOG = 400_000  # (patient, protocol) groups kept to plan once, at the end
+PLAN_SLICE = 10_000  # groups per call of the planner (it batches them itself)
+OWNER_CACHE = 400_000  # patients' ids kept in memory by external id
 COLUMNS: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {  # (required, optional)
     "patients": (PATIENT_FIELDS, PATIENT_OPTIONAL_FIELDS),
     "treatments": (TREATMENT_FIELDS, ()),
@@ -46,7 +62,7 @@ COLUMNS: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {  # (required, op
 # Hears each step forward: every row once when checked, then once when written (or skipped),
 # so an import is 2 x rows steps in all.
 Progress = Callable[[int], None]
-R = TypeVar("R")
+_NOT_UTF8 = "not UTF-8 text (save the file as 'CSV UTF-8' from your spreadsheet)"
 
 
 class CsvFileError(ValueError):
@@ -69,57 +85,99 @@ class Report:
         return len({e.number for e in self.errors})
 
 
-def read_rows(path: Path, kind: Kind) -> tuple[list[RawRow], list[RowError]]:
-    """The data rows of ``path`` (with their line numbers) and the rows that do not fit the
-    header. Raises CsvFileError when the file cannot be read at all."""
-    text = _decode(path.read_bytes())
-    delimiter = _delimiter(text, kind)
-    reader = csv.reader(io.StringIO(text, newline=""), delimiter=delimiter)
-    header: list[str] | None = None
-    rows: list[RawRow] = []
-    errors: list[RowError] = []
+@dataclass(frozen=True)
+class Scan:
+    """What the first pass over a file learnt."""
+
+    path: Path
+    kind: Kind
+    delimiter: str
+    rows: int  # data rows, the ones that do not fit the header included
+    repeated: frozenset[str]  # external ids on more than one row
+
+
+# Reading
+
+
+def scan_file(path: Path, kind: Kind) -> Scan:
+    """Check the encoding and the header, count the rows and find repeated external ids.
+    Raises CsvFileError when the file cannot be read at all."""
+    delimiter = _delimiter(path, kind)
+    rows = _rows(path, delimiter)
+    header = _header_of(rows, kind)
+    width, key = len(header), header.index("external_id")
+    seen: set[str] = set()
+    repeated: set[str] = set()
+    count = 0
+    for _, cells in rows:
+        count += 1
+        if len(cells) > width and _misfit(cells, width):
+            continue  # reported by the second pass; not a row of the file's ids
+        external_id = cells[key].strip() if key < len(cells) else ""
+        if external_id in seen:
+            repeated.add(external_id)
+        elif external_id:
+            seen.add(external_id)
+    return Scan(path, kind, delimiter, count, frozenset(repeated))
+
+
+def _lines(path: Path) -> Iterator[str]:
+    with path.open(encoding="utf-8-sig", newline="") as lines:
+        try:
+            yield from lines
+        except UnicodeDecodeError:
+            raise CsvFileError(f"line {_first_bad_line(path)}: {_NOT_UTF8}") from None
+
+
+def _first_bad_line(path: Path) -> int:
+    """The line of the first byte that is not UTF-8 (read in blocks, never whole)."""
+    decoder = codecs.getincrementaldecoder("utf-8")()
+    line = 1
+    with path.open("rb") as data:
+        while block := data.read(1 << 20):
+            try:
+                decoder.decode(block)
+            except UnicodeDecodeError as exc:
+                return line + block[: max(exc.start, 0)].count(b"\n")
+            line += block.count(b"\n")
+    return line
+
+
+def _rows(path: Path, delimiter: str) -> Iterator[tuple[int, list[str]]]:
+    """(line, cells) of every row that is not blank, the header first."""
+    reader = csv.reader(_lines(path), delimiter=delimiter)
     try:
         while True:
             line = reader.line_num + 1
             cells = next(reader, None)
             if cells is None:
-                break
-            if not any(c.strip() for c in cells):
-                continue  # blank lines and rows of empty cells
-            if header is None:
-                header = _header(cells, kind, line)
-            else:
-                _row(header, cells, line, rows, errors)
+                return
+            if "".join(cells).strip():  # not a blank line or a row of empty cells
+                yield line, cells
     except csv.Error as exc:
         raise CsvFileError(f"line {reader.line_num}: {exc}") from None
-    if header is None:
-        raise CsvFileError("the file is empty (no header row)")
-    return rows, errors
-
-
-def _decode(data: bytes) -> str:
-    try:
-        return data.decode("utf-8-sig")
-    except UnicodeDecodeError as exc:
-        line = data[: exc.start].count(b"\n") + 1
-        raise CsvFileError(
-            f"line {line}: not UTF-8 text (save the file as 'CSV UTF-8' from your spreadsheet)"
-        ) from None
 
 
 def _names(cells: Sequence[str]) -> list[str]:
     return [c.strip().lower().replace(" ", "_") for c in cells]
 
 
-def _delimiter(text: str, kind: Kind) -> str:
+def _delimiter(path: Path, kind: Kind) -> str:
     """The delimiter that splits the header row into the most known column names."""
-    first = next((line for line in text.splitlines() if line.strip()), "")
+    first = next((line for line in _lines(path) if line.strip()), "")
     known = set(COLUMNS[kind][0]) | set(COLUMNS[kind][1])
     scores = {
         d: len(known & set(_names(next(csv.reader([first], delimiter=d), [])))) for d in DELIMITERS
     }
     best = max(DELIMITERS, key=lambda d: scores[d])
     return best if scores[best] else ","
+
+
+def _header_of(rows: Iterator[tuple[int, list[str]]], kind: Kind) -> list[str]:
+    first = next(rows, None)
+    if first is None:
+        raise CsvFileError("the file is empty (no header row)")
+    return _header(first[1], kind, first[0])
 
 
 def _header(cells: Sequence[str], kind: Kind, line: int) -> list[str]:
@@ -142,16 +200,11 @@ def _header(cells: Sequence[str], kind: Kind, line: int) -> list[str]:
     return names
 
 
-def _row(
-    header: list[str], cells: list[str], line: int, rows: list[RawRow], errors: list[RowError]
-) -> None:
-    where = f"line {line}"
-    if len(cells) > len(header) and any(c.strip() for c in cells[len(header) :]):
-        reason = f"has {len(cells)} cells but the header has {len(header)} columns"
-        errors.append(RowError(line, where, "", reason))
-        return
-    values = dict(zip(header, cells, strict=False))  # a short row: the rest are empty
-    rows.append(RawRow(line, where, values))
+def _misfit(cells: list[str], width: int) -> bool:
+    return any(c.strip() for c in cells[width:])
+
+
+# Importing
 
 
 def import_csv(
@@ -165,12 +218,9 @@ def import_csv(
     progress: Progress | None = None,
 ) -> Report:
     """Import a patients or treatments file in one transaction; see the module docstring."""
-    rows, row_errors = read_rows(path, kind)
-    return import_rows(
+    return import_scanned(
         runtime,
-        kind,
-        rows,
-        row_errors,
+        scan_file(path, kind),
         now=now,
         dry_run=dry_run,
         skip_invalid=skip_invalid,
@@ -178,76 +228,189 @@ def import_csv(
     )
 
 
-def import_rows(
+def import_scanned(
     runtime: Runtime,
-    kind: Kind,
-    rows: list[RawRow],
-    row_errors: list[RowError],
+    scan: Scan,
     *,
     now: dt.datetime,
     dry_run: bool = False,
     skip_invalid: bool = False,
     progress: Progress | None = None,
 ) -> Report:
-    """Import rows read by :func:`read_rows`."""
-    report = Report(kind, rows=len(rows) + len(row_errors))
-    if progress and row_errors:
-        progress(len(row_errors))  # checked already: they do not fit the header
+    """Import a file :func:`scan_file` has read once, a chunk at a time, in one transaction."""
     with runtime.sessions() as session, session.begin() as transaction:
         protocol_store.refresh(session, runtime)
         rules = Rules.of(runtime.settings, runtime.protocols, now)
-        if kind == "patients":
-            patients = check_rows(rows, parse_patient, rules, progress)
-            _finish(patients, row_errors, report, skip_invalid)
-            _write(report, patients, progress, _patient_writer(session, runtime, now))
-        else:
-            treatments = check_rows(rows, parse_treatment, rules, progress)
-            drop_unknown_patients(session, treatments, rows)
-            _finish(treatments, row_errors, report, skip_invalid)
-            _write(report, treatments, progress, _treatment_writer(session, runtime, now))
-        if dry_run:
+        run = _Import(session, runtime, scan, rules, now, skip_invalid, progress)
+        run.all_rows()
+        if run.report.refused or dry_run:
             transaction.rollback()
-            report.written = False
-    return report
+            run.report.written = False
+    return run.report
 
 
-def _finish(
-    checked: Checked[R], row_errors: list[RowError], report: Report, skip_invalid: bool
-) -> None:
-    checked.drop(row_errors)
-    report.errors = checked.errors
-    if report.errors and not skip_invalid:
-        checked.records = []  # all or nothing
-        report.refused = True
+@dataclass
+class _Chunk:
+    """One chunk's rows as checked: the good records, the problems, the patients' ids."""
+
+    records: list[tuple[int, PatientRecord | TreatmentRecord]] = field(default_factory=list)
+    errors: list[RowError] = field(default_factory=list)
+    owners: dict[str, int] = field(default_factory=dict)  # treatments: patient ids
 
 
-def _write(
-    report: Report,
-    checked: Checked[R],
-    progress: Progress | None,
-    write: Callable[[Sequence[R]], list[Outcome]],
-) -> None:
-    if report.refused:
-        return
-    records = [r for _, r in checked.records]
-    for start in range(0, len(records), WRITE_CHUNK):
-        chunk = records[start : start + WRITE_CHUNK]
-        report.counts.add(write(chunk))
-        if progress:
-            progress(len(chunk))
-    skipped = report.rows - len(records)
-    if progress and skipped:
-        progress(skipped)
-    report.written = True
+class _Import:
+    """The second pass: check and write a chunk at a time."""
 
+    def __init__(
+        self,
+        session: Session,
+        runtime: Runtime,
+        scan: Scan,
+        rules: Rules,
+        now: dt.datetime,
+        skip_invalid: bool,
+        progress: Progress | None,
+    ) -> None:
+        self.session, self.runtime, self.scan = session, runtime, scan
+        self.rules, self.now, self.progress = rules, now, progress
+        self.skip_invalid = skip_invalid
+        # A repeated external id is a bad row: without skip_invalid, nothing is to be written.
+        self.refusing = bool(scan.repeated) and not skip_invalid
+        self.report = Report(scan.kind, rows=scan.rows)
+        self.repeats: dict[str, list[int]] = {}  # repeated external id -> its lines
+        self.to_plan: set[Group] = set()
+        self.held = 0  # progress steps waiting for the planning of written rows
+        self.owners: dict[str, int] = {}  # patients' ids by external id, as looked up
+        self.parse: Callable[..., PatientRecord | TreatmentRecord] = (
+            parse_patient if scan.kind == "patients" else parse_treatment
+        )
 
-def _patient_writer(
-    session: Session, runtime: Runtime, now: dt.datetime
-) -> Callable[[Sequence[PatientRecord]], list[Outcome]]:
-    return lambda chunk: upsert_patients(session, runtime, chunk, source="import", now=now)
+    def all_rows(self) -> None:
+        rows = _rows(self.scan.path, self.scan.delimiter)
+        header = _header_of(rows, self.scan.kind)
+        chunk: list[tuple[int, list[str]]] = []
+        for row in rows:
+            chunk.append(row)
+            if len(chunk) == CHUNK_ROWS:
+                self.chunk(header, chunk)
+                chunk = []
+        if chunk:
+            self.chunk(header, chunk)
+        self.finish()
 
+    def chunk(self, header: list[str], rows: list[tuple[int, list[str]]]) -> None:
+        checked = self.check(header, rows)
+        self.report.errors += checked.errors
+        self.refusing = self.refusing or bool(checked.errors and not self.skip_invalid)
+        if self.refusing:
+            self.step(len(rows))  # all or nothing: nothing more is written
+            return
+        records = [r for _, r in checked.records]
+        if self.scan.kind == "patients":
+            patients: list[PatientRecord] = records  # type: ignore[assignment]
+            outcomes = upsert_patients(
+                self.session, self.runtime, patients, source="import", now=self.now
+            )
+        else:
+            treatments: list[TreatmentRecord] = records  # type: ignore[assignment]
+            outcomes = write_treatments(
+                self.session, self.runtime, treatments, checked.owners, self.now, self.to_plan
+            )
+            # Half a written treatment's step waits for its group's planning, which comes
+            # later: the progress bar keeps moving through it.
+            hold = len(treatments) // 2
+            self.held += hold
+            self.step(len(rows) - hold)
+            self.report.counts.add(outcomes)
+            if len(self.to_plan) >= PLAN_BACKLOG:
+                self.plan()
+            return
+        self.report.counts.add(outcomes)
+        self.step(len(rows))
 
-def _treatment_writer(
-    session: Session, runtime: Runtime, now: dt.datetime
-) -> Callable[[Sequence[TreatmentRecord]], list[Outcome]]:
-    return lambda chunk: upsert_treatments(session, runtime, chunk, now=now)
+    def check(self, header: list[str], rows: list[tuple[int, list[str]]]) -> _Chunk:
+        checked = _Chunk()
+        good, errors = checked.records, checked.errors
+        width, parse, rules, repeated = len(header), self.parse, self.rules, self.scan.repeated
+        for index, (line, cells) in enumerate(rows, start=1):
+            if index % PROGRESS_STEP == 0:
+                self.step(PROGRESS_STEP)
+            if len(cells) > width and _misfit(cells, width):
+                reason = f"has {len(cells)} cells but the header has {width} columns"
+                errors.append(RowError(line, f"line {line}", "", reason))
+                continue
+            values = dict(zip(header, cells, strict=False))  # a short row: the rest are empty
+            try:
+                good.append((line, parse(values, rules)))
+            except InvalidRecordError as exc:
+                errors += [RowError(line, f"line {line}", p.field, p.reason) for p in exc.problems]
+            if repeated and values.get("external_id", "").strip() in repeated:
+                self.repeats.setdefault(values["external_id"].strip(), []).append(line)
+        self.step(len(rows) % PROGRESS_STEP)
+        if repeated:
+            self.drop_repeated(checked)
+        if self.scan.kind == "treatments":
+            self.drop_unknown_patients(checked)
+        return checked
+
+    def drop_repeated(self, checked: _Chunk) -> None:
+        """A repeated external id marks every row bad (which one is right is not ours to
+        guess); the errors naming the other lines are added at the end."""
+        repeated = self.scan.repeated
+        checked.records = [(n, r) for n, r in checked.records if r.external_id not in repeated]
+
+    def drop_unknown_patients(self, checked: _Chunk) -> None:
+        records: list[tuple[int, TreatmentRecord]] = checked.records  # type: ignore[assignment]
+        known = checked.owners = self.owners_of({r.patient_external_id for _, r in records})
+        unknown = [(n, r) for n, r in records if r.patient_external_id not in known]
+        if not unknown:
+            return
+        checked.errors += [
+            RowError(n, f"line {n}", "patient_external_id", f"no patient {r.patient_external_id!r}")
+            for n, r in unknown
+        ]
+        checked.records = [(n, r) for n, r in records if r.patient_external_id in known]
+
+    def owners_of(self, external_ids: set[str]) -> dict[str, int]:
+        """Stored patients' ids by external id; the ones seen before come from memory (up to
+        :data:`OWNER_CACHE` of them), so a patient with many treatments is looked up once."""
+        cache = self.owners
+        found = {e: cache[e] for e in external_ids if e in cache}
+        if len(found) < len(external_ids):
+            looked_up = patient_ids(self.session, external_ids - found.keys())
+            if len(cache) + len(looked_up) > OWNER_CACHE:
+                cache.clear()
+            cache.update(looked_up)
+            found.update(looked_up)
+        return found
+
+    def finish(self) -> None:
+        for key, lines in self.repeats.items():
+            for line in lines:
+                others = ", ".join(f"line {o}" for o in lines if o != line)
+                reason = f"{key!r} appears more than once (also {others})"
+                self.report.errors.append(RowError(line, f"line {line}", "external_id", reason))
+        self.report.errors.sort()
+        if self.report.errors and not self.skip_invalid:
+            self.report.counts = Counts()  # all or nothing: the caller rolls back
+            self.report.refused = True
+            self.step(self.held)
+            return
+        self.plan()
+        self.report.written = True
+
+    def plan(self) -> None:
+        """Plan the groups written so far, :data:`PLAN_SLICE` at a time."""
+        groups, held = sorted(self.to_plan), self.held
+        self.to_plan, self.held = set(), 0
+        reported = 0
+        for start in range(0, len(groups), PLAN_SLICE):
+            plan_groups(self.session, self.runtime, groups[start : start + PLAN_SLICE], self.now)
+            done = held * min(start + PLAN_SLICE, len(groups)) // len(groups)
+            self.step(done - reported)
+            reported = done
+        self.step(held - reported)
+
+    def step(self, rows: int) -> None:
+        if self.progress and rows:
+            self.progress(rows)
