@@ -1,10 +1,5 @@
-"""Bulk work for big batches: lookups by many values, and planning brand-new groups at once.
-
-A first import is mostly treatments of (patient, protocol) groups that have nothing stored
-yet; :func:`plan_fresh` hands them to the set-based planner
-(:func:`reminders.planner.plan_groups`), which costs a few statements per batch of groups.
-``tests/test_import_csv.py`` checks that the result equals the planner's.
-"""
+"""Bulk work for big batches: lookups by many values in few statements, and the rows and
+dates the set-based planner (:mod:`reminders.planner`) writes."""
 
 from __future__ import annotations
 
@@ -16,10 +11,9 @@ from sqlalchemy import ColumnElement, any_, bindparam, select
 from sqlalchemy.dialects.postgresql import ARRAY
 from sqlalchemy.orm import QueryableAttribute, Session
 
-from reminders.models import Patient, ReminderStatus, Treatment
+from reminders.models import Patient, ReminderStatus
 from reminders.planning import PlannedReminder, step_date, window_for
 from reminders.protocols import Protocol
-from reminders.runtime import Runtime
 
 CHUNK = 5000  # values per lookup statement (SQLite allows 32766 parameters)
 T = TypeVar("T")
@@ -54,45 +48,6 @@ def patient_ids(session: Session, external_ids: Iterable[str]) -> dict[str, int]
     return found
 
 
-def fresh_groups(session: Session, new: list[dict[str, Any]]) -> set[Group]:
-    """The (patient, protocol) groups of new treatments that have no stored treatment yet."""
-    groups = {(v["patient_id"], v["protocol"]) for v in new}
-    if not groups:
-        return set()
-    stored = session.execute(
-        select(Treatment.patient_id, Treatment.protocol)
-        .where(among(session, Treatment.patient_id, sorted({g[0] for g in groups})))
-        .distinct()
-    )
-    return groups - {(r[0], r[1]) for r in stored}
-
-
-def latest_of(new: list[dict[str, Any]], groups: set[Group]) -> dict[Group, dict[str, Any]]:
-    """Each group's latest new treatment, in the planner's order (date, then insertion)."""
-    latest: dict[Group, dict[str, Any]] = {}
-    for values in new:
-        group = (values["patient_id"], values["protocol"])
-        if (
-            group in groups
-            and values["administered_on"] >= latest.get(group, values)["administered_on"]
-        ):
-            latest[group] = values
-    return latest
-
-
-def plan_fresh(
-    session: Session, runtime: Runtime, latest: dict[Group, dict[str, Any]], now: dt.datetime
-) -> None:
-    """Plan brand-new groups (``latest``: each group's latest new treatment) in bulk. The
-    set-based planner (:func:`reminders.planner.plan_groups`) plans them with a few statements
-    per batch, a history (every step past) loading no patient; this stays for callers that
-    know their groups are new. ``tests/test_import_csv.py`` checks the result equals the
-    planner's."""
-    from reminders.planner import plan_groups  # the planner uses this module's lookups
-
-    plan_groups(session, runtime, latest, now=now)
-
-
 def reminder_row(
     treatment_id: int, patient_id: int, protocol: str, planned: PlannedReminder
 ) -> dict[str, Any]:
@@ -107,18 +62,6 @@ def reminder_row(
         "next_attempt_at": planned.due_at,
         "attempts": 0,
     }
-
-
-def treatment_ids(session: Session, external_ids: Sequence[str]) -> dict[str, int]:
-    found: dict[str, int] = {}
-    for chunk in chunks(sorted(set(external_ids))):
-        rows = session.execute(
-            select(Treatment.external_id, Treatment.id).where(
-                among(session, Treatment.external_id, chunk)
-            )
-        )
-        found.update((row[0], row[1]) for row in rows)
-    return found
 
 
 def last_step(protocol: Protocol, administered_on: dt.date) -> dt.date:
