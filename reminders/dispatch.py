@@ -1,14 +1,24 @@
 """Dispatch: claim due reminders, pick a channel, render, send.
 
-The claim is one short transaction. Each reminder is then handled on a worker thread: a
-transaction locks it, writes the delivery row (``sending``) and commits; the provider is called
-with no transaction open; :mod:`reminders.outcomes` records the answer. A permanent failure (or a
-template that does not render) falls back to the patient's next channel within the same claim; a
-call that went out but got no answer (``in_doubt``) is neither retried nor failed over: it waits
-for the provider's word or the grace period, like a send cut off by a crash.
+The claim is one short transaction. The claimed batch is then prepared in one more: the
+reminders, their treatments, patients and consents, superseded treatments, failed channels and
+staff templates are read in a few queries; the moot ones (expired, deleted, superseded,
+inactive, outside the send window, no channel) are ended or put back with bulk statements; the
+rest are rendered. Provider calls run on the worker threads with no transaction open.
+
+A delivery row is written (``sending``) and committed before its provider call, and no more
+deliveries are ``sending`` at once than calls can be in flight (``dispatch_concurrency``), so a
+crash leaves at most that many in doubt. Workers queue what their calls came to; one
+transaction writes every queued outcome (group commit, ``executemany``) together with the rows
+of the attempts that take the freed places, and only then are those calls made. A permanent
+failure (or a template that does not render) falls back to the patient's next channel in
+another round within the batch; a call that went out but got no answer (``in_doubt``) is
+neither retried nor failed over: it waits for the provider's word or the grace period, like a
+send cut off by a crash.
 
 Shutdown (:meth:`Dispatcher.close`) waits a bounded time for calls in flight, then gives every
-claim back: unsent ones to ``pending``, ones still inside a provider call to ``in_doubt``.
+claim back: unsent ones to ``pending``, ones still inside a provider call to ``in_doubt``. A
+call that ends after that records its own outcome, which settles the in-doubt reminder.
 """
 
 from __future__ import annotations
@@ -16,48 +26,78 @@ from __future__ import annotations
 import datetime as dt
 import threading
 import time
-from collections import Counter
+import uuid
+from collections import Counter, deque
+from concurrent.futures import FIRST_COMPLETED, Future, wait
+from dataclasses import dataclass
 from functools import partial
+from typing import Any
 from zoneinfo import ZoneInfo
 
 from sqlalchemy.orm import Session
 
-from reminders import queries, template_store
+from reminders import deliveries, queries, template_store
 from reminders.channels import ChannelError, OutboundMessage, calendar
+from reminders.deliveries import Claimed
 from reminders.logs import get_logger
-from reminders.models import Channel, DeliveryStatus, Reminder, ReminderStatus, Treatment
-from reminders.outcomes import Attempt, ChannelPauses, Outcomes, zone_of
+from reminders.models import Channel, DeliveryStatus, ReminderStatus, Treatment
+from reminders.outcomes import Attempt, ChannelPauses, Done, Outcomes
 from reminders.planning import usable_channels
 from reminders.ratelimit import RateLimiter
 from reminders.retry import RetryPolicy
 from reminders.runtime import Runtime
-from reminders.templating import Rendered, TemplateError, render
+from reminders.templating import Rendered, TemplateError, TemplateSpec, language_chain, render
 from reminders.workers import WorkerPool
 
 log = get_logger(__name__)
 RS = ReminderStatus
 NO_CHANNEL_RETRY = dt.timedelta(minutes=15)
+NO_CHANNEL_ERROR = "no configured channel is available"
 CLOSE_SECONDS = 5.0  # how long close() waits for provider calls in flight
-TEMPLATE_FAILED = "template_failed"
+POLL_SECONDS = 0.2  # how often the dispatcher looks at close() while sends are in flight
 
 __all__ = ["Attempt", "ChannelPauses", "Dispatcher"]
+
+
+@dataclass(frozen=True)
+class Ready:
+    """A prepared attempt: the channel chosen, the message rendered, no row written yet."""
+
+    claimed: Claimed
+    message: OutboundMessage
+    zone: str
+    patient_id: int
 
 
 class Dispatcher:
     """Sends what is due. One per process; ``owner`` names it in claims."""
 
-    def __init__(self, runtime: Runtime, owner: str, retry: RetryPolicy | None = None) -> None:
+    def __init__(
+        self,
+        runtime: Runtime,
+        owner: str,
+        retry: RetryPolicy | None = None,
+        *,
+        max_sending: int | None = None,
+    ) -> None:
         s = runtime.settings
         self.runtime, self.owner = runtime, owner
         self.retry = retry or RetryPolicy(s.retry_base_seconds, s.retry_max_seconds, s.max_attempts)
-        self.pauses = ChannelPauses()
+        self.pauses = ChannelPauses(on_change=self._paused_gauge)
         rates = {"email": s.email_rate, "sms": s.sms_rate, "whatsapp": s.whatsapp_rate}
         self.limiters = {c: RateLimiter(rates.get(c, 10.0)) for c in runtime.senders}
         self.outcomes = Outcomes(runtime, owner, self.retry, self.pauses, self.limiters)
         self.stopping = threading.Event()
         self._abandon = threading.Event()  # close() stopped waiting for calls in flight
-        self._claiming = threading.Lock()  # no claim starts once close() has begun
-        self._pool = WorkerPool(s.dispatch_concurrency, "dispatch")
+        self._claiming = threading.Lock()  # no claim or attempt starts once close() has begun
+        self._recording = threading.Lock()  # one transaction records outcomes at a time
+        self._outbox: list[Done] = []  # finished attempts waiting to be recorded
+        self._outbox_lock = threading.Lock()
+        threads = max(1, s.dispatch_concurrency)
+        # No more deliveries ``sending`` at once than calls in flight (a crash leaves at most
+        # that many in doubt); ``max_sending`` is for measuring what the bound costs.
+        self._max_sending = max_sending or threads
+        self._pool = WorkerPool(threads, "dispatch")
 
     def close(self, timeout: float = CLOSE_SECONDS) -> None:
         """Stop claiming, wait up to ``timeout`` for sends in flight, give back every claim."""
@@ -66,6 +106,7 @@ class Dispatcher:
         if not self._pool.wait_idle(timeout):
             log.warning("shutdown_with_sends_in_flight", owner=self.owner)
         self._abandon.set()
+        self._record_late()  # what finished in time is written before the claims go back
         grace = dt.timedelta(seconds=self.runtime.settings.in_doubt_grace_seconds)
         with self.runtime.sessions() as session, session.begin():
             released, doubtful = queries.release(
@@ -81,11 +122,15 @@ class Dispatcher:
         outcomes: Counter[str] = Counter()
         size, started, moment = self.runtime.settings.dispatch_batch_size, time.monotonic(), now
         while ids := self._claim(moment, size):
-            outcomes.update(self._pool.map(partial(self._process_at, moment), ids, self._abandon))
-            if len(ids) < size:
+            outcomes.update(self._dispatch(ids, moment).values())
+            if len(ids) < size or self._abandon.is_set():
                 break
             moment = now + dt.timedelta(seconds=time.monotonic() - started)
         return outcomes
+
+    def process(self, reminder_id: int, *, now: dt.datetime) -> str:
+        """Handle one claimed reminder to its next state; returns what happened."""
+        return self._dispatch([reminder_id], now).get(reminder_id, "lost_claim")
 
     def _claim(self, now: dt.datetime, limit: int) -> list[int]:
         lease = dt.timedelta(seconds=self.runtime.settings.lease_seconds)
@@ -95,152 +140,378 @@ class Dispatcher:
             with self.runtime.sessions() as session, session.begin():
                 return queries.claim_due(session, self.owner, now=now, limit=limit, lease=lease)
 
-    def _process_at(self, now: dt.datetime, reminder_id: int) -> str:
-        return self.process(reminder_id, now=now)
+    def _paused_gauge(self, channel: str, paused: bool) -> None:
+        self.runtime.metrics.channel_paused.labels(channel).set(1 if paused else 0)
 
-    def process(self, reminder_id: int, *, now: dt.datetime) -> str:
-        """Handle one claimed reminder to its next state; returns what happened."""
-        if self.stopping.is_set():
-            return self._give_back(reminder_id, now)
+    # --- a claimed batch ----------------------------------------------------------------------
+
+    def _dispatch(self, ids: list[int], now: dt.datetime) -> dict[int, str]:
+        """Every claimed reminder of ``ids`` to its next state: what happened to each."""
+        results: dict[int, str] = {}
+        todo = list(ids)
         try:
             for _ in range(len(Channel) + 1):
-                with self.runtime.sessions() as session, session.begin():
-                    step = self._prepare(session, reminder_id, now)
-                if step == TEMPLATE_FAILED:
-                    continue  # that channel is marked failed: the next one is tried
-                if isinstance(step, str):
-                    return step
-                outcome = self._send(step, now)
-                if outcome != "fallback":
-                    return outcome
-            return "fallback_loop"
+                if not todo:
+                    break
+                if self.stopping.is_set():
+                    results.update(self._give_back(todo, now))
+                    todo = []
+                    break
+                ready = self._prepare(todo, now, results)
+                todo = self._send_all(ready, now, results)
+            results.update(dict.fromkeys(todo, "fallback_loop"))
         except Exception:
-            log.exception("dispatch_error", reminder_id=reminder_id)
-            return "error"  # the lease runs out and housekeeping recovers it
+            log.exception("dispatch_error", reminder_ids=[i for i in ids if i not in results])
+            # the leases run out and housekeeping recovers them
+            results.update({i: "error" for i in ids if i not in results})
+        return results
 
-    def _give_back(self, reminder_id: int, now: dt.datetime) -> str:
+    def _give_back(self, ids: list[int], now: dt.datetime) -> dict[int, str]:
         with self.runtime.sessions() as session, session.begin():
-            queries.reschedule(session, reminder_id, self.owner, at=now, count_attempt=False)
-        return "released"
+            deliveries.put_back(session, ids, self.owner, at=now)
+        return dict.fromkeys(ids, "released")
 
-    def _prepare(self, session: Session, reminder_id: int, now: dt.datetime) -> Attempt | str:
-        # The row lock keeps lease recovery from releasing it while the delivery row is written.
-        reminder = session.get(Reminder, reminder_id, with_for_update=True)
-        if reminder is None or reminder.status != RS.CLAIMED or reminder.claimed_by != self.owner:
-            return "lost_claim"
-        treatment = session.get_one(Treatment, reminder.treatment_id)
-        end = self._end_if_moot(session, reminder, treatment, now)
-        if end:
-            return end
-        failed = queries.failed_channels(session, reminder.id)
-        candidates = [c for c in usable_channels(treatment.patient) if c not in failed]
-        if not candidates:
-            if failed:
-                return self.outcomes.finish(session, reminder, RS.FAILED, "all_channels_failed")
-            return self.outcomes.finish(session, reminder, RS.CANCELLED, "no_channel")
-        ready = [c for c in candidates if c in self.runtime.senders and not self.pauses.paused(c)]
-        if not ready:
-            return self._wait_for_channel(session, reminder, now)
-        return self._attempt(session, reminder, treatment, ready[0], now)
+    # --- preparing: one transaction for the batch ---------------------------------------------
 
-    def _end_if_moot(
-        self, session: Session, reminder: Reminder, treatment: Treatment, now: dt.datetime
-    ) -> str | None:
-        """End a reminder that no longer makes sense; hold one outside the send window."""
-        finish = partial(self.outcomes.finish, session, reminder)
-        if now >= reminder.expires_at:
-            return finish(RS.EXPIRED, "stale")
-        if treatment.deleted_at is not None:
-            return finish(RS.CANCELLED, "deleted")
-        if queries.superseded(session, treatment):
-            return finish(RS.CANCELLED, "superseded")
-        if not treatment.patient.active:
-            return finish(RS.CANCELLED, "inactive")
-        zone = ZoneInfo(zone_of(session, reminder))
-        allowed = self.runtime.timing.send_window.next_allowed(now, zone)
-        if allowed <= now:
-            return None
-        if allowed >= reminder.expires_at:
-            return finish(RS.EXPIRED, "send_window")
-        queries.reschedule(session, reminder.id, self.owner, at=allowed, count_attempt=False)
-        return "waiting_for_send_window"
+    def _prepare(self, ids: list[int], now: dt.datetime, results: dict[int, str]) -> list[Ready]:
+        with self.runtime.sessions() as session, session.begin():
+            claimed = deliveries.load_claimed(session, ids, self.owner)
+            held = {c.id for c in claimed}
+            results.update({i: "lost_claim" for i in ids if i not in held})
+            if not claimed:
+                return []
+            batch = _Batch(self, session, claimed, now)
+            ready = [r for c in claimed if (r := batch.prepare(c)) is not None]
+            batch.write()
+        results.update(batch.results)
+        return ready
 
-    def _wait_for_channel(self, session: Session, reminder: Reminder, now: dt.datetime) -> str:
-        at = now + NO_CHANNEL_RETRY
-        if at >= reminder.expires_at:
-            return self.outcomes.finish(session, reminder, RS.EXPIRED, "no_channel_available")
-        error = "no configured channel is available"
-        queries.reschedule(
-            session, reminder.id, self.owner, at=at, count_attempt=False, error=error
-        )
-        return "waiting_for_channel"
+    # --- sending: slots, group commit ---------------------------------------------------------
 
-    def _attempt(
+    def _send_all(self, ready: list[Ready], now: dt.datetime, results: dict[int, str]) -> list[int]:
+        """Send the prepared attempts; returns the reminders to try on their next channel."""
+        queue: deque[Ready] = deque(ready)
+        again: list[int] = []
+        running: set[Future[Done]] = set()
+        finished: list[Done] = []
+        try:
+            # One connection for the whole round: no pool checkout (and ping) per step.
+            with self.runtime.engine.connect() as conn, Session(conn) as session:
+                while True:
+                    began = time.monotonic()
+                    started, done = self._step(session, queue, len(running), now, results, again)
+                    running.update(self._pool.submit(partial(self._send, a)) for a in started)
+                    self.outcomes.report(done)  # while those calls go out
+                    if not running or self._abandon.is_set():
+                        break
+                    # Group commit: wait for more calls to end, up to what a step costs.
+                    window = min(time.monotonic() - began, POLL_SECONDS)
+                    over, running = wait(running, timeout=window)
+                    if not over:
+                        over, running = wait(running, POLL_SECONDS, FIRST_COMPLETED)
+                    finished.extend(f.result() for f in over if not f.cancelled())
+        finally:
+            if running:  # given up (close) or failed: what finishes later records itself
+                for future in running:
+                    future.add_done_callback(self._record_late)
+        for d in finished:
+            rid = d.attempt.message.reminder_id
+            if d.outcome == "fallback":
+                again.append(rid)
+            else:
+                results[rid] = d.outcome or "error"
+        return again
+
+    def _step(
         self,
         session: Session,
-        reminder: Reminder,
-        treatment: Treatment,
-        channel: Channel,
+        queue: deque[Ready],
+        busy: int,
         now: dt.datetime,
-    ) -> Attempt | str:
-        address = treatment.patient.address(channel) or ""
-        delivery = queries.start_delivery(
-            session, reminder.id, channel=channel, address=address, now=now
-        )
-        try:
-            content = self._render(session, reminder, treatment, channel)
-        except TemplateError as exc:
-            log.error("template_failed", reminder_id=reminder.id, channel=channel, error=str(exc))
-            queries.finish_delivery(
-                session,
-                delivery.id,
-                status=DeliveryStatus.FAILED,
-                now=now,
-                error_code="template",
-                error_message=str(exc),
-                permanent=True,
-            )
-            return TEMPLATE_FAILED
-        ics = calendar.attachments_for(
-            channel,
-            treatment,
-            self.runtime.protocols[treatment.protocol],
-            content,
-            now=now,
-            public_url=self.runtime.settings.public_url,
-        )
-        message = OutboundMessage(channel, address, content, delivery.public_id, reminder.id, ics)
-        return Attempt(delivery.id, message, self.runtime.senders[channel], reminder.due_at)
+        results: dict[int, str],
+        again: list[int],
+    ) -> tuple[list[Attempt], list[Done]]:
+        """One transaction: record every queued outcome and start attempts for the free slots
+        (or, when stopping, give back the ones not started). Returns the attempts started and
+        the outcomes recorded."""
+        with self._claiming, self._recording:  # close() sees every attempt started or none
+            start: list[Ready] = []
+            back: list[int] = []
+            if self.stopping.is_set():
+                back = [r.claimed.id for r in queue]
+                queue.clear()
+            while queue and len(start) < self._max_sending - busy:
+                r = queue.popleft()
+                if self.pauses.paused(r.message.channel):
+                    again.append(r.claimed.id)  # paused since: the next round picks another
+                else:
+                    start.append(r)
+            done = self._take_outbox()
+            if not (done or start or back):
+                return [], []
+            try:
+                with session.begin():
+                    attempts = self._write(session, done, start, now, results)
+                    if back:
+                        deliveries.put_back(session, back, self.owner, at=now)
+            except BaseException:
+                for d in done:
+                    d.outcome = "error"
+                raise
+        results.update(dict.fromkeys(back, "released"))
+        return attempts, done
 
-    def _render(
-        self, session: Session, reminder: Reminder, treatment: Treatment, channel: Channel
-    ) -> Rendered:
+    def _write(
+        self,
+        session: Session,
+        done: list[Done],
+        start: list[Ready],
+        now: dt.datetime,
+        results: dict[int, str],
+    ) -> list[Attempt]:
+        events: list[dict[str, Any]] = []
+        ids = {d.attempt.message.reminder_id for d in done} | {r.claimed.id for r in start}
+        held = deliveries.held(session, ids, self.owner)
+        self.outcomes.record(session, done, held, events)
+        results.update({r.claimed.id: "lost_claim" for r in start if r.claimed.id not in held})
+        attempts = self._start(session, [r for r in start if r.claimed.id in held], now, events)
+        deliveries.add_events(session, events)
+        return attempts
+
+    def _send(self, attempt: Attempt) -> Done:
+        """On a worker: the provider call, no transaction open. The outcome is queued."""
+        done = self._call(attempt)
+        with self._outbox_lock:
+            self._outbox.append(done)
+        return done
+
+    def _take_outbox(self) -> list[Done]:
+        with self._outbox_lock:
+            done = [d for d in self._outbox if not d.crashed]  # a crashed one: to its lease
+            self._outbox.clear()
+        return done
+
+    def _record_late(self, _: Future[Done] | None = None) -> None:
+        """Write queued outcomes when nobody else will: at close(), and for a call that ends
+        after the dispatcher stopped waiting for it."""
+        try:
+            with self._recording:
+                done = self._take_outbox()
+                if not done:
+                    return
+                events: list[dict[str, Any]] = []
+                with self.runtime.sessions() as session, session.begin():
+                    ids = {d.attempt.message.reminder_id for d in done}
+                    held = deliveries.held(session, ids, self.owner)
+                    self.outcomes.record(session, done, held, events)
+                    deliveries.add_events(session, events)
+            self.outcomes.report(done)
+        except Exception:
+            log.exception("dispatch_error", owner=self.owner)
+
+    def _start(
+        self, session: Session, start: list[Ready], now: dt.datetime, events: list[dict[str, Any]]
+    ) -> list[Attempt]:
+        rows = [
+            {
+                "reminder_id": r.claimed.id,
+                "channel": r.message.channel,
+                "address": r.message.to,
+                "public_id": r.message.delivery_id,
+            }
+            for r in start
+        ]
+        ids = deliveries.start(session, rows)
+        events.extend(_event(i, DeliveryStatus.SENDING, now) for i in ids)
+        return [
+            Attempt(
+                delivery_id=delivery_id,
+                message=r.message,
+                sender=self.runtime.senders[r.message.channel],
+                due_at=r.claimed.due_at,
+                expires_at=r.claimed.expires_at,
+                attempts=r.claimed.attempts,
+                zone=r.zone,
+                patient_id=r.patient_id,
+                now=now,
+            )
+            for delivery_id, r in zip(ids, start, strict=True)
+        ]
+
+    def _call(self, attempt: Attempt) -> Done:
+        if not self.stopping.is_set():
+            self.limiters[attempt.message.channel].acquire(self.stopping)
+        if self.stopping.is_set():
+            return Done(attempt)
+        try:
+            receipt = attempt.sender.send(attempt.message)
+        except ChannelError as exc:
+            self.outcomes.refused(attempt, exc)
+            return Done(attempt, error=exc)
+        except Exception:
+            log.exception("dispatch_error", reminder_id=attempt.message.reminder_id)
+            return Done(attempt, crashed=True, outcome="error")  # the lease runs out
+        return Done(attempt, receipt=receipt)
+
+
+class _Batch:
+    """Preparing one claimed batch inside one transaction."""
+
+    def __init__(
+        self, dispatcher: Dispatcher, session: Session, claimed: list[Claimed], now: dt.datetime
+    ) -> None:
+        self.d, self.session, self.now = dispatcher, session, now
+        self.runtime = dispatcher.runtime
+        self.results: dict[int, str] = {}
+        self.treatments = deliveries.load_treatments(session, {c.treatment_id for c in claimed})
+        live = {t.id for t in self.treatments.values() if t.deleted_at is None}
+        self.superseded = deliveries.superseded(session, live)
+        self.failed = deliveries.failed_channels(session, [c.id for c in claimed])
+        self._staff: dict[tuple[str, str, str], TemplateSpec] | None = None
+        self._steps = {c.step for c in claimed}
+        self.ends: dict[tuple[RS, str], list[int]] = {}
+        self.later: dict[tuple[dt.datetime, str | None], list[int]] = {}
+        self.template_failures: list[tuple[int, str, str, str]] = []  # id, channel, to, error
+
+    def prepare(self, c: Claimed) -> Ready | None:
+        treatment = self.treatments[c.treatment_id]
+        patient = treatment.patient
+        if self._moot(c, treatment):
+            return None
+        failed = self.failed.get(c.id, set())
+        candidates = [ch for ch in usable_channels(patient) if ch not in failed]
+        senders, pauses = self.runtime.senders, self.d.pauses
+        while True:
+            if not candidates:
+                if failed:
+                    self._end(c, RS.FAILED, "all_channels_failed")
+                else:
+                    self._end(c, RS.CANCELLED, "no_channel")
+                return None
+            ready = [ch for ch in candidates if ch in senders and not pauses.paused(ch)]
+            if not ready:
+                self._wait_for_channel(c)
+                return None
+            channel = ready[0]
+            address = patient.address(channel) or ""
+            try:
+                content = self._render(c, treatment, channel)
+            except TemplateError as exc:
+                log.error("template_failed", reminder_id=c.id, channel=channel, error=str(exc))
+                self.template_failures.append((c.id, channel, address, str(exc)))
+                failed = failed | {channel}
+                candidates.remove(channel)
+                continue
+            ics = calendar.attachments_for(
+                channel,
+                treatment,
+                self.runtime.protocols[treatment.protocol],
+                content,
+                now=self.now,
+                public_url=self.runtime.settings.public_url,
+            )
+            message = OutboundMessage(channel, address, content, uuid.uuid4().hex, c.id, ics)
+            return Ready(c, message, patient.timezone, patient.id)
+
+    def _moot(self, c: Claimed, treatment: Treatment) -> bool:
+        """End a reminder that no longer makes sense; hold one outside the send window."""
+        if self.now >= c.expires_at:
+            self._end(c, RS.EXPIRED, "stale")
+        elif treatment.deleted_at is not None:
+            self._end(c, RS.CANCELLED, "deleted")
+        elif treatment.id in self.superseded:
+            self._end(c, RS.CANCELLED, "superseded")
+        elif not treatment.patient.active:
+            self._end(c, RS.CANCELLED, "inactive")
+        else:
+            zone = ZoneInfo(treatment.patient.timezone)
+            allowed = self.runtime.timing.send_window.next_allowed(self.now, zone)
+            if allowed <= self.now:
+                return False
+            if allowed >= c.expires_at:
+                self._end(c, RS.EXPIRED, "send_window")
+            else:
+                self.later.setdefault((allowed, None), []).append(c.id)
+                self.results[c.id] = "waiting_for_send_window"
+        return True
+
+    def _wait_for_channel(self, c: Claimed) -> None:
+        at = self.now + NO_CHANNEL_RETRY
+        if at >= c.expires_at:
+            self._end(c, RS.EXPIRED, "no_channel_available")
+        else:
+            self.later.setdefault((at, NO_CHANNEL_ERROR), []).append(c.id)
+            self.results[c.id] = "waiting_for_channel"
+
+    def _end(self, c: Claimed, status: RS, reason: str) -> None:
+        self.ends.setdefault((status, reason), []).append(c.id)
+        self.results[c.id] = str(status)
+
+    def _render(self, c: Claimed, treatment: Treatment, channel: Channel) -> Rendered:
         settings, patient = self.runtime.settings, treatment.patient
         protocol = self.runtime.protocols.get(treatment.protocol)
         if protocol is None:
             raise TemplateError("protocol", f"unknown protocol {treatment.protocol!r}")
-        spec = template_store.find(
-            session,
-            self.runtime.templates,
-            reminder.step,
-            channel,
-            patient.language,
-            settings.default_language,
-        )
+        if self._staff is None:
+            self._staff = deliveries.staff_templates(self.session, self._steps)
+        spec = None
+        for lang in language_chain(patient.language, settings.default_language):
+            key = (c.step, str(channel), lang)
+            spec = self._staff.get(key) or self.runtime.templates.get(key)
+            if spec is not None:
+                break
         if spec is None:
-            raise TemplateError("template", f"no {channel} template for step {reminder.step}")
-        ctx = template_store.context(patient, treatment, protocol, reminder.step, settings)
+            raise TemplateError("template", f"no {channel} template for step {c.step}")
+        ctx = template_store.context(patient, treatment, protocol, c.step, settings)
         content = render(spec, {**ctx, "language": spec.language})  # dates match the text
         if channel == Channel.WHATSAPP and not content.content_sid:
             raise TemplateError("content_sid", "no approved WhatsApp ContentSid")
         return content
 
-    def _send(self, attempt: Attempt, now: dt.datetime) -> str:
-        self.limiters[attempt.message.channel].acquire(self.stopping)
-        if self.stopping.is_set():
-            return self.outcomes.not_sent(attempt, now)
-        try:
-            receipt = attempt.sender.send(attempt.message)
-        except ChannelError as exc:
-            return self.outcomes.failed(attempt, exc, now)
-        return self.outcomes.accepted(attempt, receipt, now)
+    def write(self) -> None:
+        """The batch's bulk statements: template failures, ends, reminders put back."""
+        session, now = self.session, self.now
+        if self.template_failures:
+            rows = [
+                {
+                    "reminder_id": reminder_id,
+                    "channel": channel,
+                    "address": address,
+                    "public_id": uuid.uuid4().hex,
+                }
+                for reminder_id, channel, address, _ in self.template_failures
+            ]
+            ids = deliveries.start(session, rows)
+            failures = [
+                {
+                    "d_id": i,
+                    "d_status": DeliveryStatus.FAILED,
+                    "d_permanent": True,
+                    "d_now": now,
+                    "d_provider_id": None,
+                    "d_error_code": "template",
+                    "d_error_message": error[:500],
+                    "d_details": None,
+                }
+                for i, (*_, error) in zip(ids, self.template_failures, strict=True)
+            ]
+            deliveries.finish_many(session, failures)
+            events = [_event(i, DeliveryStatus.SENDING, now) for i in ids]
+            events += [_event(i, DeliveryStatus.FAILED, now, "template") for i in ids]
+            deliveries.add_events(session, events)
+        for (status, reason), ids in self.ends.items():
+            self.d.outcomes.end(session, ids, status, reason)
+        for (at, error), ids in self.later.items():
+            deliveries.put_back(session, ids, self.d.owner, at=at, error=error)
+
+
+def _event(
+    delivery_id: int, status: str, now: dt.datetime, error_code: str | None = None
+) -> dict[str, Any]:
+    return {
+        "delivery_id": delivery_id,
+        "status": status,
+        "source": "dispatch",
+        "occurred_at": now,
+        "error_code": error_code,
+    }

@@ -1,7 +1,13 @@
-"""What a send attempt came to: the delivery row, the reminder's next state, metrics and logs.
+"""What send attempts came to: the delivery rows, the reminders' next states, metrics and logs.
 
-Each outcome is one short transaction after the provider call. Every change to the reminder
-checks that this dispatcher still holds its claim; when the claim was lost to the in-doubt rule
+Outcomes are recorded with group commit: the worker threads only call the provider and queue
+what happened (:class:`Done`); the dispatcher writes every queued outcome in one transaction
+(:meth:`Outcomes.record`, ``executemany``), together with the attempts it starts next. What
+needs no database (a rate-limit hold, a channel pause, the ``send_failed`` line) happens on the
+worker at once.
+
+Every change to a reminder checks that this dispatcher still holds its claim (``held``: the
+reminders locked at the start of the transaction); when the claim was lost to the in-doubt rule
 (a lease that ran out, or a shutdown while the call was in flight), the answer settles the
 in-doubt reminder instead, so a message the provider accepted is never sent again. A call that
 timed out after the request went out (``ErrorKind.IN_DOUBT``) leaves the same state on purpose:
@@ -13,48 +19,85 @@ from __future__ import annotations
 import datetime as dt
 import threading
 import time
+from collections.abc import Callable, Collection
 from dataclasses import dataclass
+from typing import Any
 from zoneinfo import ZoneInfo
 
+from sqlalchemy import update
 from sqlalchemy.orm import Session
 
-from reminders import consents, queries
+from reminders import consents, deliveries, queries
 from reminders.channels import ChannelError, ErrorKind, OutboundMessage, Receipt, Sender
 from reminders.logs import get_logger, mask_address
-from reminders.models import Delivery, DeliveryStatus, Reminder, ReminderStatus, Treatment
+from reminders.models import Delivery, DeliveryStatus, Patient, Reminder, ReminderStatus
 from reminders.ratelimit import RateLimiter
 from reminders.retry import RetryPolicy
 from reminders.runtime import Runtime
 
 log = get_logger(__name__)
 RS = ReminderStatus
+SHUTDOWN_MESSAGE = "not sent: the dispatcher was stopping"
 
 
 class ChannelPauses:
-    """Channels paused after a misconfiguration error, so one bad key is not a retry storm."""
+    """Channels paused after a misconfiguration error, so one bad key is not a retry storm.
+    ``on_change(channel, paused)`` hears when a pause starts and when it is found over."""
 
-    def __init__(self, seconds: float = 300.0) -> None:
+    def __init__(
+        self, seconds: float = 300.0, on_change: Callable[[str, bool], None] | None = None
+    ) -> None:
         self.seconds = seconds
         self._until: dict[str, float] = {}
         self._lock = threading.Lock()
+        self._on_change = on_change
 
     def pause(self, channel: str) -> None:
         with self._lock:
             self._until[channel] = time.monotonic() + self.seconds
+        if self._on_change is not None:
+            self._on_change(channel, True)
 
     def paused(self, channel: str) -> bool:
         with self._lock:
-            return self._until.get(channel, 0.0) > time.monotonic()
+            until = self._until.get(channel)
+            if until is None:
+                return False
+            if until > time.monotonic():
+                return True
+            del self._until[channel]
+        if self._on_change is not None:
+            self._on_change(channel, False)
+        return False
 
 
 @dataclass(frozen=True)
 class Attempt:
-    """A delivery row written as ``sending`` and the message it is about to send."""
+    """A delivery row written as ``sending`` and the message it is about to send, with what
+    recording its outcome needs about the reminder (as claimed)."""
 
     delivery_id: int
     message: OutboundMessage
     sender: Sender
     due_at: dt.datetime
+    expires_at: dt.datetime
+    attempts: int  # the reminder's failed attempts before this one
+    zone: str  # the patient's time zone (send windows are local to the patient)
+    patient_id: int
+    now: dt.datetime  # the dispatch pass's moment, at which the outcome is recorded
+
+
+@dataclass
+class Done:
+    """A finished attempt: accepted (``receipt``), refused (``error``), never sent (neither:
+    the dispatcher was stopping) or ``crashed`` (an unexpected error: left to the lease).
+    ``outcome`` is set once it is recorded."""
+
+    attempt: Attempt
+    receipt: Receipt | None = None
+    error: ChannelError | None = None
+    crashed: bool = False
+    outcome: str | None = None
 
 
 class Outcomes:
@@ -71,49 +114,29 @@ class Outcomes:
         self.runtime, self.owner, self.retry = runtime, owner, retry
         self.pauses, self.limiters = pauses, limiters
 
-    def finish(self, session: Session, reminder: Reminder, status: RS, reason: str) -> str:
-        """End a claimed reminder as failed, expired or cancelled."""
-        queries.finish(session, reminder.id, self.owner, status=status, reason=reason)
+    # --- ends ---------------------------------------------------------------------------------
+
+    def end(
+        self, session: Session, ids: Collection[int], status: RS, reason: str, channel: str = ""
+    ) -> str:
+        """End claimed reminders as failed, expired or cancelled, with one reason."""
+        deliveries.end(session, ids, self.owner, status=status, reason=reason)
         m = self.runtime.metrics
         if status == RS.EXPIRED:
-            m.expired.labels(reason).inc()
+            m.expired.labels(reason).inc(len(ids))
         elif status == RS.CANCELLED:
-            m.cancelled.labels(reason).inc()
+            m.cancelled.labels(reason).inc(len(ids))
         else:
-            m.failed.labels(reminder.channel or "", reason).inc()
-        log.info("reminder_finished", reminder_id=reminder.id, status=status, reason=reason)
+            m.failed.labels(channel, reason).inc(len(ids))
+        for reminder_id in ids:
+            log.info("reminder_finished", reminder_id=reminder_id, status=status, reason=reason)
         return str(status)
 
-    def accepted(self, attempt: Attempt, receipt: Receipt, now: dt.datetime) -> str:
-        msg = attempt.message
-        with self.runtime.sessions() as session, session.begin():
-            queries.finish_delivery(
-                session,
-                attempt.delivery_id,
-                status=receipt.status,
-                now=now,
-                provider_id=receipt.provider_id,
-                details=receipt.details or None,
-            )
-            if not queries.mark_sent(
-                session, msg.reminder_id, self.owner, channel=msg.channel, now=now
-            ):
-                self._settle(session, attempt.delivery_id, accepted=True, now=now)
-        m = self.runtime.metrics
-        m.sent.labels(msg.channel).inc()
-        waited = (self.runtime.clock() - attempt.due_at).total_seconds()
-        m.latency.labels(msg.channel).observe(max(waited, 0))
-        log.info(
-            "reminder_sent",
-            reminder_id=msg.reminder_id,
-            delivery_id=attempt.delivery_id,
-            channel=msg.channel,
-            to=mask_address(msg.channel, msg.to),
-        )
-        return "sent"
+    # --- on the worker, right after the call --------------------------------------------------
 
-    def failed(self, attempt: Attempt, exc: ChannelError, now: dt.datetime) -> str:
-        """Retry a transient failure later; otherwise ``fallback`` to the next channel."""
+    def refused(self, attempt: Attempt, exc: ChannelError) -> None:
+        """What a refusal changes at once, before it is recorded: the metric and log line, a
+        rate-limit hold, a channel pause."""
         msg, channel = attempt.message, attempt.message.channel
         self.runtime.metrics.provider_errors.labels(channel, exc.kind, exc.code or "").inc()
         log.warning(
@@ -124,125 +147,199 @@ class Outcomes:
             kind=exc.kind,
             code=exc.code,
         )
-        if exc.kind == ErrorKind.IN_DOUBT:
-            return self._in_doubt(attempt, exc, now)
-        permanent = exc.kind in (ErrorKind.PERMANENT, ErrorKind.OPTED_OUT)
-        with self.runtime.sessions() as session, session.begin():
-            queries.finish_delivery(
-                session,
-                attempt.delivery_id,
-                status=DeliveryStatus.FAILED,
-                now=now,
-                error_code=exc.code or exc.kind,
-                error_message=str(exc),
-                permanent=permanent,
-            )
-            if exc.kind == ErrorKind.TRANSIENT:
-                return self._retry_later(session, attempt, exc, now)
-            if exc.kind == ErrorKind.OPTED_OUT:
-                self._record_opt_out(session, msg.reminder_id, channel, now)
-            if exc.kind == ErrorKind.MISCONFIGURED:
-                self._pause(channel, exc)
-            if not self._still_claimed(session, msg.reminder_id):
-                self._settle(session, attempt.delivery_id, accepted=False, now=now)
-                return "settled"
-        return "fallback"
+        if exc.kind == ErrorKind.TRANSIENT and exc.retry_after:
+            self.limiters[channel].hold_until(time.monotonic() + exc.retry_after)
+        if exc.kind == ErrorKind.MISCONFIGURED:
+            self.pauses.pause(channel)
+            log.error("channel_paused", channel=channel, code=exc.code, seconds=self.pauses.seconds)
 
-    def not_sent(self, attempt: Attempt, now: dt.datetime) -> str:
-        """Shutting down before the provider call: the attempt never left, give the claim back."""
-        with self.runtime.sessions() as session, session.begin():
-            queries.finish_delivery(
-                session,
-                attempt.delivery_id,
-                status=DeliveryStatus.FAILED,
-                now=now,
-                error_code="shutdown",
-                error_message="not sent: the dispatcher was stopping",
-            )
-            reminder_id = attempt.message.reminder_id
-            if not queries.reschedule(
-                session, reminder_id, self.owner, at=now, count_attempt=False
-            ):
-                self._settle(session, attempt.delivery_id, accepted=False, now=now)
-        return "released"
+    # --- recording, many at a time ------------------------------------------------------------
 
-    def _in_doubt(self, attempt: Attempt, exc: ChannelError, now: dt.datetime) -> str:
+    def record(
+        self, session: Session, done: list[Done], held: set[int], events: list[dict[str, Any]]
+    ) -> None:
+        """Write what ``done`` came to; ``held``: the reminders still claimed (and locked).
+        Sets each one's ``outcome``; adds the delivery events to ``events``."""
+        rows: list[dict[str, Any]] = []
+        sent: dict[tuple[str, dt.datetime], list[int]] = {}
+        later: list[tuple[Done, Callable[[], str]]] = []
+        for d in done:
+            a, reminder_id = d.attempt, d.attempt.message.reminder_id
+            mine = reminder_id in held
+            if d.receipt is not None:
+                r = d.receipt
+                rows.append(_row(a, r.status, provider_id=r.provider_id, details=r.details or None))
+                d.outcome = "sent"
+                if mine:
+                    sent.setdefault((a.message.channel, a.now), []).append(reminder_id)
+                else:
+                    later.append((d, self._settler(session, a)))
+            elif d.error is None:
+                error = SHUTDOWN_MESSAGE
+                rows.append(_row(a, DeliveryStatus.FAILED, error_code="shutdown", error=error))
+                later.append((d, self._released(session, a, mine)))
+            else:
+                exc = d.error
+                code = exc.code or exc.kind
+                if exc.kind == ErrorKind.IN_DOUBT:
+                    rows.append(_row(a, DeliveryStatus.IN_DOUBT, error_code=code, error=str(exc)))
+                    later.append((d, self._in_doubt(session, a, exc, mine)))
+                    continue
+                permanent = exc.kind in (ErrorKind.PERMANENT, ErrorKind.OPTED_OUT)
+                row = _row(
+                    a, DeliveryStatus.FAILED, error_code=code, error=str(exc), perm=permanent
+                )
+                rows.append(row)
+                later.append((d, self._refusal(session, a, exc, mine)))
+        deliveries.finish_many(session, rows)
+        events.extend(
+            {
+                "delivery_id": row["d_id"],
+                "status": row["d_status"],
+                "source": "dispatch",
+                "occurred_at": row["d_now"],
+                "error_code": row["d_error_code"],
+            }
+            for row in rows
+        )
+        for (channel, now), ids in sent.items():
+            deliveries.mark_sent(session, ids, self.owner, channel=channel, now=now)
+        for d, follow_up in later:
+            outcome = follow_up()
+            if d.outcome is None:
+                d.outcome = outcome
+
+    def report(self, done: list[Done]) -> None:
+        """Metrics and log lines of recorded sends (after the commit)."""
+        m, now = self.runtime.metrics, self.runtime.clock()
+        for d in done:
+            if d.outcome != "sent":
+                continue
+            msg, channel = d.attempt.message, d.attempt.message.channel
+            m.sent.labels(channel).inc()
+            m.latency.labels(channel).observe(max((now - d.attempt.due_at).total_seconds(), 0))
+            log.info(
+                "reminder_sent",
+                reminder_id=msg.reminder_id,
+                delivery_id=d.attempt.delivery_id,
+                channel=channel,
+                to=mask_address(channel, msg.to),
+            )
+
+    # --- one reminder at a time: the rarer outcomes --------------------------------------------
+
+    def _settler(self, session: Session, a: Attempt) -> Callable[[], str]:
+        """Accepted after the claim was lost: the in-doubt reminder is sent."""
+
+        def settle() -> str:
+            self._settle(session, a, accepted=True)
+            return "sent"
+
+        return settle
+
+    def _released(self, session: Session, a: Attempt, mine: bool) -> Callable[[], str]:
+        """Stopping before the provider call: the attempt never left, give the claim back."""
+
+        def release() -> str:
+            reminder_id = a.message.reminder_id
+            if not (mine and deliveries.put_back(session, [reminder_id], self.owner, at=a.now)):
+                self._settle(session, a, accepted=False)
+            return "released"
+
+        return release
+
+    def _in_doubt(
+        self, session: Session, a: Attempt, exc: ChannelError, mine: bool
+    ) -> Callable[[], str]:
         """No answer to a request that went out: neither retried nor failed over (the provider
         may have it), but left to the in-doubt rule, exactly as a crash mid-call would be."""
-        grace = dt.timedelta(seconds=self.runtime.settings.in_doubt_grace_seconds)
-        reminder_id, error = attempt.message.reminder_id, str(exc)
-        with self.runtime.sessions() as session, session.begin():
-            queries.finish_delivery(
-                session,
-                attempt.delivery_id,
-                status=DeliveryStatus.IN_DOUBT,
-                now=now,
-                error_code=exc.code or exc.kind,
-                error_message=error,
-            )
-            # Two statements, one transaction: nobody can claim it between them.
-            if queries.reschedule(
-                session, reminder_id, self.owner, at=now + grace, count_attempt=False, error=error
-            ):
-                queries.conclude(
-                    session,
-                    reminder_id,
-                    from_statuses=[RS.PENDING],
-                    status=RS.IN_DOUBT,
-                    reason=None,
-                    error=error,
-                )
-        return "in_doubt"
 
-    def _retry_later(
-        self, session: Session, attempt: Attempt, exc: ChannelError, now: dt.datetime
-    ) -> str:
-        msg = attempt.message
-        reminder = session.get_one(Reminder, msg.reminder_id)
-        if exc.retry_after:
-            self.limiters[msg.channel].hold_until(time.monotonic() + exc.retry_after)
-        if not self._still_claimed(session, reminder.id):
-            self._settle(session, attempt.delivery_id, accepted=False, now=now)
+        def in_doubt() -> str:
+            if mine:
+                grace = dt.timedelta(seconds=self.runtime.settings.in_doubt_grace_seconds)
+                session.execute(
+                    update(Reminder)
+                    .where(Reminder.id == a.message.reminder_id)
+                    .values(
+                        status=RS.IN_DOUBT,
+                        next_attempt_at=a.now + grace,
+                        last_error=str(exc)[:500],
+                        claimed_by=None,
+                        lease_until=None,
+                    )
+                    .execution_options(synchronize_session=False)
+                )
+            return "in_doubt"
+
+        return in_doubt
+
+    def _refusal(
+        self, session: Session, a: Attempt, exc: ChannelError, mine: bool
+    ) -> Callable[[], str]:
+        """Retry a transient failure later; otherwise ``fallback`` to the next channel."""
+
+        def refusal() -> str:
+            if exc.kind == ErrorKind.TRANSIENT:
+                return self._retry_later(session, a, exc, mine)
+            if exc.kind == ErrorKind.OPTED_OUT:
+                patient = session.get_one(Patient, a.patient_id)
+                consents.opt_out(
+                    session,
+                    patient,
+                    a.message.channel,
+                    source="provider",
+                    now=a.now,
+                    reason="provider reports opt-out",
+                )
+            if not mine:
+                self._settle(session, a, accepted=False)
+                return "settled"
+            return "fallback"
+
+        return refusal
+
+    def _retry_later(self, session: Session, a: Attempt, exc: ChannelError, mine: bool) -> str:
+        if not mine:
+            self._settle(session, a, accepted=False)
             return "settled"
-        attempts = reminder.attempts + 1
+        reminder_id, channel = a.message.reminder_id, a.message.channel
+        attempts = a.attempts + 1
         if self.retry.exhausted(attempts):
-            return self.finish(session, reminder, RS.FAILED, "max_attempts")
-        at = now + dt.timedelta(seconds=self.retry.delay(attempts, exc.retry_after))
-        at = self.runtime.timing.send_window.next_allowed(at, ZoneInfo(zone_of(session, reminder)))
-        if at >= reminder.expires_at:
-            return self.finish(session, reminder, RS.EXPIRED, "retry_past_expiry")
+            return self.end(session, [reminder_id], RS.FAILED, "max_attempts")
+        at = a.now + dt.timedelta(seconds=self.retry.delay(attempts, exc.retry_after))
+        at = self.runtime.timing.send_window.next_allowed(at, ZoneInfo(a.zone))
+        if at >= a.expires_at:
+            return self.end(session, [reminder_id], RS.EXPIRED, "retry_past_expiry")
         queries.reschedule(
-            session, reminder.id, self.owner, at=at, count_attempt=True, error=str(exc)
+            session, reminder_id, self.owner, at=at, count_attempt=True, error=str(exc)
         )
-        self.runtime.metrics.retried.labels(msg.channel).inc()
+        self.runtime.metrics.retried.labels(channel).inc()
         return "retry"
 
-    def _pause(self, channel: str, exc: ChannelError) -> None:
-        self.pauses.pause(channel)
-        self.runtime.metrics.channel_paused.labels(channel).set(1)
-        log.error("channel_paused", channel=channel, code=exc.code, seconds=self.pauses.seconds)
-
-    def _record_opt_out(
-        self, session: Session, reminder_id: int, channel: str, now: dt.datetime
-    ) -> None:
-        reminder = session.get_one(Reminder, reminder_id)
-        patient = session.get_one(Treatment, reminder.treatment_id).patient
-        consents.opt_out(
-            session, patient, channel, source="provider", now=now, reason="provider reports opt-out"
-        )
-
-    def _still_claimed(self, session: Session, reminder_id: int) -> bool:
-        reminder = session.get_one(Reminder, reminder_id, populate_existing=True)
-        return reminder.status == RS.CLAIMED and reminder.claimed_by == self.owner
-
-    def _settle(
-        self, session: Session, delivery_id: int, *, accepted: bool, now: dt.datetime
-    ) -> None:
-        delivery = session.get_one(Delivery, delivery_id)
-        queries.settle_in_doubt(session, delivery, accepted=accepted, now=now)
-        log.warning("claim_lost_settled", delivery_id=delivery_id, accepted=accepted)
+    def _settle(self, session: Session, a: Attempt, *, accepted: bool) -> None:
+        delivery = session.get_one(Delivery, a.delivery_id)
+        queries.settle_in_doubt(session, delivery, accepted=accepted, now=a.now)
+        log.warning("claim_lost_settled", delivery_id=a.delivery_id, accepted=accepted)
 
 
-def zone_of(session: Session, reminder: Reminder) -> str:
-    """The patient's time zone (send windows are local to the patient)."""
-    return session.get_one(Treatment, reminder.treatment_id).patient.timezone
+def _row(
+    a: Attempt,
+    status: str,
+    *,
+    provider_id: str | None = None,
+    details: dict[str, Any] | None = None,
+    error_code: str | None = None,
+    error: str | None = None,
+    perm: bool = False,
+) -> dict[str, Any]:
+    """One delivery's update for :func:`reminders.deliveries.finish_many`."""
+    return {
+        "d_id": a.delivery_id,
+        "d_status": status,
+        "d_permanent": perm,
+        "d_now": a.now,
+        "d_provider_id": provider_id,
+        "d_error_code": error_code,
+        "d_error_message": error[:500] if error else None,
+        "d_details": details,
+    }

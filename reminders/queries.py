@@ -4,7 +4,9 @@ Functions take the session and never commit: the caller owns the transaction. Cl
 ``UPDATE ... WHERE id IN (SELECT ... FOR UPDATE SKIP LOCKED) RETURNING id`` on PostgreSQL; on
 SQLite the same single statement runs under the database's one write lock (``BEGIN IMMEDIATE``).
 Every change to a claimed reminder checks the claim owner, so a dispatcher that lost its lease
-cannot overwrite the work of the one that took over.
+cannot overwrite the work of the one that took over. The dispatcher's bulk statements (a
+claimed batch read and its moot reminders ended together, attempts started and outcomes
+written many at a time) are in :mod:`reminders.deliveries`, under the same rules.
 """
 
 from __future__ import annotations

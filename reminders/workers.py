@@ -34,7 +34,7 @@ class WorkerPool:
     def map(self, fn: Callable[[T], R], items: Iterable[T], give_up: threading.Event) -> list[R]:
         """``fn`` over ``items`` in parallel; results of the finished ones, in order. Stops
         waiting once ``give_up`` is set."""
-        futures = [self._submit(partial(fn, item)) for item in items]
+        futures = [self.submit(partial(fn, item)) for item in items]
         pending = set(futures)
         while pending and not give_up.is_set():
             _, pending = wait(pending, timeout=POLL_SECONDS, return_when=FIRST_COMPLETED)
@@ -52,7 +52,8 @@ class WorkerPool:
         for _ in range(self._size):
             self._tasks.put(None)
 
-    def _submit(self, fn: Callable[[], R]) -> Future[R]:
+    def submit(self, fn: Callable[[], R]) -> Future[R]:
+        """Run ``fn`` on a worker; a pool already shut down hands back a cancelled future."""
         future: Future[R] = Future()
         with self._idle:
             if self._closed:

@@ -1,0 +1,229 @@
+"""The dispatcher's bulk statements: a claimed batch read in a few queries, moot reminders ended
+together, attempts started and outcomes recorded many at a time (``executemany``).
+
+Like :mod:`reminders.queries`, functions take the session and never commit: the caller owns the
+transaction. Every change to a claimed reminder still checks the claim owner; :func:`held`
+locks the reminders a transaction is about to write for (``FOR UPDATE``; SQLite's ``BEGIN
+IMMEDIATE`` already holds the one write lock), so lease recovery cannot release one between the
+check and the write.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Collection, Iterable, Mapping, Sequence
+from typing import Any, NamedTuple, cast
+
+from sqlalchemy import JSON, String, Table, and_, bindparam, func, insert, or_, select, update
+from sqlalchemy.orm import Session, aliased
+
+from reminders.models import (
+    Delivery,
+    DeliveryEvent,
+    DeliveryStatus,
+    Reminder,
+    ReminderStatus,
+    Template,
+    Treatment,
+)
+from reminders.template_store import spec_of
+from reminders.templating import TemplateSpec
+
+RS = ReminderStatus
+REMINDERS = cast(Table, Reminder.__table__)
+DELIVERIES = cast(Table, Delivery.__table__)
+EVENTS = cast(Table, DeliveryEvent.__table__)
+OPEN_DELIVERY = (DeliveryStatus.SENDING, DeliveryStatus.IN_DOUBT)
+
+
+class Claimed(NamedTuple):
+    """A claimed reminder, as dispatch needs it."""
+
+    id: int
+    treatment_id: int
+    step: str
+    due_at: dt.datetime
+    expires_at: dt.datetime
+    attempts: int
+
+
+def _claimed_by(owner: str) -> Any:
+    return and_(REMINDERS.c.status == RS.CLAIMED, REMINDERS.c.claimed_by == owner)
+
+
+def load_claimed(session: Session, ids: Collection[int], owner: str) -> list[Claimed]:
+    """The reminders of ``ids`` that ``owner`` still holds, by id."""
+    r = REMINDERS.c
+    rows = session.execute(
+        select(r.id, r.treatment_id, r.step, r.due_at, r.expires_at, r.attempts)
+        .where(r.id.in_(sorted(ids)), _claimed_by(owner))
+        .order_by(r.id)
+    )
+    return [Claimed(*row) for row in rows]
+
+
+def load_treatments(session: Session, ids: Collection[int]) -> dict[int, Treatment]:
+    """Treatments with their patients (joined) and the patients' consents (one more query)."""
+    rows = session.scalars(select(Treatment).where(Treatment.id.in_(sorted(ids))))
+    return {t.id: t for t in rows}
+
+
+def superseded(session: Session, treatment_ids: Collection[int]) -> set[int]:
+    """Those of ``treatment_ids`` that a later live treatment of the same patient and protocol
+    replaces (the planner's order: date administered, then id)."""
+    if not treatment_ids:
+        return set()
+    t, n = aliased(Treatment), aliased(Treatment)
+    later = or_(
+        n.administered_on > t.administered_on,
+        and_(n.administered_on == t.administered_on, n.id > t.id),
+    )
+    newer = select(n.id).where(
+        n.patient_id == t.patient_id,
+        n.protocol == t.protocol,
+        n.deleted_at.is_(None),
+        later,
+    )
+    return set(session.scalars(select(t.id).where(t.id.in_(sorted(treatment_ids)), newer.exists())))
+
+
+def failed_channels(session: Session, reminder_ids: Collection[int]) -> dict[int, set[str]]:
+    """Channels that failed permanently, per reminder (fallback skips them)."""
+    d = DELIVERIES.c
+    found: dict[int, set[str]] = {}
+    if not reminder_ids:
+        return found
+    rows = session.execute(
+        select(d.reminder_id, d.channel).where(d.reminder_id.in_(sorted(reminder_ids)), d.permanent)
+    )
+    for reminder_id, channel in rows:
+        found.setdefault(reminder_id, set()).add(channel)
+    return found
+
+
+def staff_templates(
+    session: Session, steps: Collection[str]
+) -> dict[tuple[str, str, str], TemplateSpec]:
+    """The newest staff version of every template for ``steps``, by (step, channel, language)."""
+    if not steps:
+        return {}
+    rows = session.scalars(
+        select(Template).where(Template.step.in_(sorted(steps))).order_by(Template.version)
+    )
+    return {(t.step, t.channel, t.language): spec_of(t) for t in rows}
+
+
+def held(session: Session, ids: Collection[int], owner: str) -> set[int]:
+    """Which of ``ids`` ``owner`` still holds, locked until the transaction ends."""
+    if not ids:
+        return set()
+    r = REMINDERS.c
+    stmt = (
+        select(r.id)
+        .where(r.id.in_(sorted(ids)), _claimed_by(owner))
+        .order_by(r.id)
+        .with_for_update()
+    )
+    return set(session.scalars(stmt))
+
+
+def _unclaim(**values: Any) -> dict[str, Any]:
+    return {"claimed_by": None, "lease_until": None, **values}
+
+
+def end(session: Session, ids: Collection[int], owner: str, *, status: RS, reason: str) -> None:
+    """End claimed reminders as failed, expired or cancelled, with one reason."""
+    if ids:
+        r = REMINDERS.c
+        session.execute(
+            update(REMINDERS)
+            .where(r.id.in_(sorted(ids)), _claimed_by(owner))
+            .values(**_unclaim(status=status, reason=reason))
+        )
+
+
+def put_back(
+    session: Session,
+    ids: Collection[int],
+    owner: str,
+    *,
+    at: dt.datetime,
+    error: str | None = None,
+) -> set[int]:
+    """Claimed reminders back in the queue for ``at`` (no attempt counted); returns those that
+    were still held."""
+    if not ids:
+        return set()
+    values = _unclaim(status=RS.PENDING, next_attempt_at=at)
+    if error is not None:
+        values["last_error"] = error[:500]
+    r = REMINDERS.c
+    stmt = (
+        update(REMINDERS)
+        .where(r.id.in_(sorted(ids)), _claimed_by(owner))
+        .values(**values)
+        .returning(r.id)
+    )
+    return set(session.scalars(stmt))
+
+
+def mark_sent(
+    session: Session, ids: Collection[int], owner: str, *, channel: str, now: dt.datetime
+) -> None:
+    if ids:
+        r = REMINDERS.c
+        session.execute(
+            update(REMINDERS)
+            .where(r.id.in_(sorted(ids)), _claimed_by(owner))
+            .values(**_unclaim(status=RS.SENT, channel=channel, sent_at=now, reason=None))
+        )
+
+
+def start(session: Session, rows: Sequence[Mapping[str, Any]]) -> list[int]:
+    """Insert attempt rows (``sending``: reminder_id, channel, address, public_id); their ids,
+    in order. Their ``sending`` events are for the caller to add (:func:`add_events`)."""
+    if not rows:
+        return []
+    values = [{**row, "status": DeliveryStatus.SENDING} for row in rows]
+    stmt = insert(DELIVERIES).returning(DELIVERIES.c.id, sort_by_parameter_order=True)
+    return list(session.execute(stmt, values).scalars())
+
+
+def add_events(session: Session, rows: Iterable[Mapping[str, Any]]) -> None:
+    """Delivery events (delivery_id, status, source, occurred_at, error_code), in one go."""
+    values = list(rows)
+    if values:
+        session.execute(insert(EVENTS), values)
+
+
+_FINISH = (
+    update(DELIVERIES)
+    .where(
+        DELIVERIES.c.id == bindparam("d_id"),
+        # not IN (...): an expanding parameter cannot be used with executemany
+        or_(*(DELIVERIES.c.status == s for s in OPEN_DELIVERY)),
+    )
+    .values(
+        status=bindparam("d_status"),
+        permanent=bindparam("d_permanent"),
+        updated_at=bindparam("d_now", type_=DELIVERIES.c.updated_at.type),
+        provider_message_id=func.coalesce(
+            bindparam("d_provider_id", type_=String), DELIVERIES.c.provider_message_id
+        ),
+        error_code=func.coalesce(bindparam("d_error_code", type_=String), DELIVERIES.c.error_code),
+        error_message=func.coalesce(
+            bindparam("d_error_message", type_=String), DELIVERIES.c.error_message
+        ),
+        details=func.coalesce(
+            bindparam("d_details", type_=JSON(none_as_null=True)), DELIVERIES.c.details
+        ),
+    )
+)
+
+
+def finish_many(session: Session, rows: Sequence[Mapping[str, Any]]) -> None:
+    """Record provider answers (only from ``sending`` or ``in_doubt``), one ``executemany``.
+    Each row: d_id, d_status, d_permanent, d_now, and d_provider_id, d_error_code,
+    d_error_message, d_details (None keeps the column as it is)."""
+    if rows:
+        session.execute(_FINISH, list(rows))

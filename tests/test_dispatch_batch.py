@@ -1,0 +1,200 @@
+"""Dispatch around the claimed batch: one transaction prepares the batch, outcomes are written
+with group commit, and no more deliveries are ``sending`` at once than calls can be in flight.
+
+The per-reminder behaviour (each moot case, fallback, retries, in doubt, shutdown) is pinned by
+``test_dispatch.py`` and the fault tests; here: a batch mixing all of them, the bound on
+deliveries left ``sending`` (what a crash could leave in doubt), the statements a batch costs,
+and the paused-channel gauge going back to 0.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime as dt
+import threading
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import pytest
+from sqlalchemy import event, func, select, update
+
+from reminders.channels import ChannelError, ErrorKind, OutboundMessage
+from reminders.channels.recording import RecordingSender
+from reminders.dispatch import Dispatcher
+from reminders.models import Delivery, Patient, Reminder, Treatment
+from reminders.outcomes import ChannelPauses
+from reminders.retry import RetryPolicy
+from reminders.runtime import Runtime
+from tests import factories
+
+Senders = dict[str, RecordingSender]
+
+
+def tuned(rt: Runtime, **settings: Any) -> Runtime:
+    return dataclasses.replace(rt, settings=rt.settings.model_copy(update=settings))
+
+
+@pytest.fixture
+def make_dispatcher(runtime: Runtime) -> Iterator[Callable[..., Dispatcher]]:
+    made: list[Dispatcher] = []
+
+    def make(rt: Runtime | None = None, **settings: Any) -> Dispatcher:
+        rt = tuned(rt or runtime, **{"sms_rate": 1000.0, "email_rate": 1000.0, **settings})
+        made.append(Dispatcher(rt, "d1", RetryPolicy(base_seconds=30, max_attempts=3)))
+        return made[-1]
+
+    yield make
+    for d in made:
+        d.close(timeout=1)
+
+
+def due(
+    rt: Runtime, now: dt.datetime, *, expires: dt.timedelta | None = None, **patient: Any
+) -> int:
+    with rt.sessions() as s, s.begin():
+        p = factories.patient(s, **patient)
+        t = factories.treatment(s, p, dt.date(2025, 12, 10), needs_plan=False)
+        r = Reminder(
+            treatment_id=t.id,
+            patient_id=p.id,
+            protocol=t.protocol,
+            step="due",
+            status="pending",
+            due_at=now,
+            expires_at=now + (expires or dt.timedelta(days=7)),
+            next_attempt_at=now - dt.timedelta(minutes=1),
+            attempts=0,
+        )
+        s.add(r)
+        s.flush()
+        return r.id
+
+
+def row(rt: Runtime, rid: int) -> Reminder:
+    with rt.sessions() as s:
+        return s.get_one(Reminder, rid)
+
+
+def treatment_of(rt: Runtime, rid: int) -> Treatment:
+    with rt.sessions() as s:
+        return s.get_one(Treatment, s.get_one(Reminder, rid).treatment_id)
+
+
+def test_one_batch_ends_every_moot_kind_in_bulk_falls_back_and_sends_the_rest(
+    runtime, make_dispatcher, senders, now
+):
+    plain = [due(runtime, now) for _ in range(3)]
+    stale = due(runtime, now - dt.timedelta(days=8))  # expired a day ago
+    deleted = due(runtime, now)
+    superseded = due(runtime, now)
+    inactive = due(runtime, now, active=False)
+    no_channel = due(runtime, now, consent=[])
+    email_only = due(runtime, now, channels="whatsapp|email", whatsapp="+905431970001")
+    bounced = due(runtime, now, channels="sms|email", phone="+905430000000")
+    gone, replaced = treatment_of(runtime, deleted), treatment_of(runtime, superseded)
+    with runtime.sessions() as s, s.begin():
+        s.execute(update(Treatment).where(Treatment.id == gone.id).values(deleted_at=now))
+        patient = s.get_one(Patient, replaced.patient_id)
+        factories.treatment(s, patient, dt.date(2026, 2, 1), needs_plan=False)
+    senders["sms"].script = lambda m: (
+        ChannelError(ErrorKind.PERMANENT, "unknown number", code="21211")
+        if m.to == "+905430000000"
+        else None
+    )
+    outcomes = make_dispatcher().run_once(now=now)
+    assert outcomes == {"sent": 5, "cancelled": 4, "expired": 1}
+    reasons = {rid: (row(runtime, rid).status, row(runtime, rid).reason) for rid in plain}
+    assert set(reasons.values()) == {("sent", None)}
+    assert (row(runtime, stale).status, row(runtime, stale).reason) == ("expired", "stale")
+    for rid, reason in (
+        (deleted, "deleted"),
+        (superseded, "superseded"),
+        (inactive, "inactive"),
+        (no_channel, "no_channel"),
+    ):
+        assert (row(runtime, rid).status, row(runtime, rid).reason) == ("cancelled", reason)
+    assert (row(runtime, email_only).status, row(runtime, email_only).channel) == ("sent", "email")
+    assert (row(runtime, bounced).status, row(runtime, bounced).channel) == ("sent", "email")
+    assert all(row(runtime, rid).claimed_by is None for rid in [*plain, stale, bounced])
+
+
+def test_no_more_deliveries_are_sending_at_once_than_the_dispatch_concurrency(
+    runtime, make_dispatcher, senders, now
+):
+    """What a crash could leave in doubt: at every provider call, the committed ``sending``
+    rows are at most the calls that can be in flight."""
+    ids = [due(runtime, now) for _ in range(30)]
+    seen: list[int] = []
+    lock = threading.Lock()
+
+    def provider(_message: OutboundMessage) -> None:
+        with runtime.sessions() as s:
+            count = s.scalar(
+                select(func.count()).select_from(Delivery).where(Delivery.status == "sending")
+            )
+        with lock:
+            seen.append(int(count or 0))
+
+    senders["sms"].script = provider
+    dispatcher = make_dispatcher(dispatch_concurrency=3, dispatch_batch_size=20)
+    assert dispatcher.run_once(now=now) == {"sent": 30}
+    assert len(seen) == 30 and max(seen) <= 3
+    assert sorted(m.reminder_id for m in senders["sms"].sent) == ids
+
+
+def test_a_batch_costs_a_few_statements_per_reminder_not_a_transaction_each(
+    runtime, make_dispatcher, now
+):
+    for _ in range(40):
+        due(runtime, now)
+    counts = {"statements": 0, "commits": 0}
+
+    def statement(*_: Any) -> None:
+        counts["statements"] += 1
+
+    def commit(*_: Any) -> None:
+        counts["commits"] += 1
+
+    event.listen(runtime.engine, "before_cursor_execute", statement)
+    event.listen(runtime.engine, "commit", commit)
+    try:
+        dispatcher = make_dispatcher(dispatch_batch_size=40)
+        assert dispatcher.run_once(now=now) == {"sent": 40}
+    finally:
+        event.remove(runtime.engine, "before_cursor_execute", statement)
+        event.remove(runtime.engine, "commit", commit)
+    # One reminder at a time took 11 statements and 2 commits each; outcomes written together
+    # take at most 5 statements and 1 commit per group of sends, however small the group.
+    assert counts["statements"] <= 40 * 6
+    assert counts["commits"] <= 40 + 5
+
+
+def test_the_paused_gauge_goes_back_to_0_once_the_pause_is_over(
+    runtime, make_dispatcher, senders, now
+):
+    due(runtime, now, channels="sms")
+    senders["sms"].script = lambda _m: ChannelError(
+        ErrorKind.MISCONFIGURED, "bad key", code="20003"
+    )
+    dispatcher = make_dispatcher()
+    dispatcher.run_once(now=now)
+
+    def gauge() -> float | None:
+        return runtime.metrics.registry.get_sample_value(
+            "reminders_channel_paused", {"channel": "sms"}
+        )
+
+    assert dispatcher.pauses.paused("sms") and gauge() == 1
+    dispatcher.pauses.seconds = 0.0
+    dispatcher.pauses.pause("sms")  # a pause that is over at once
+    assert not dispatcher.pauses.paused("sms")
+    assert gauge() == 0
+
+
+def test_channel_pauses_report_start_and_end_once() -> None:
+    heard: list[tuple[str, bool]] = []
+    pauses = ChannelPauses(seconds=0.0, on_change=lambda c, p: heard.append((c, p)))
+    assert not pauses.paused("sms")
+    pauses.pause("sms")
+    assert not pauses.paused("sms") and not pauses.paused("sms")
+    assert heard == [("sms", True), ("sms", False)]
