@@ -37,13 +37,13 @@ from zoneinfo import ZoneInfo
 from sqlalchemy.orm import Session
 
 from reminders import deliveries, queries, template_store
-from reminders.channels import ChannelError, OutboundMessage, calendar
+from reminders.channels import ChannelError, OutboundMessage, calendar, segments
 from reminders.deliveries import Claimed
 from reminders.logs import get_logger
 from reminders.models import Channel, DeliveryStatus, ReminderStatus, Treatment
 from reminders.outcomes import Attempt, ChannelPauses, Done, Outcomes
 from reminders.planning import usable_channels
-from reminders.ratelimit import RateLimiter
+from reminders.ratelimit import Limiter, SharedRateLimiter
 from reminders.retry import RetryPolicy
 from reminders.runtime import Runtime
 from reminders.templating import Rendered, TemplateError, TemplateSpec, language_chain, render
@@ -85,7 +85,10 @@ class Dispatcher:
         self.retry = retry or RetryPolicy(s.retry_base_seconds, s.retry_max_seconds, s.max_attempts)
         self.pauses = ChannelPauses(on_change=self._paused_gauge)
         rates = {"email": s.email_rate, "sms": s.sms_rate, "whatsapp": s.whatsapp_rate}
-        self.limiters = {c: RateLimiter(rates.get(c, 10.0)) for c in runtime.senders}
+        # One rate per sender for all replicas together (slots reserved in the database).
+        self.limiters: dict[str, Limiter] = {
+            c: SharedRateLimiter(runtime.sessions, c, rates.get(c, 10.0)) for c in runtime.senders
+        }
         self.outcomes = Outcomes(runtime, owner, self.retry, self.pauses, self.limiters)
         self.stopping = threading.Event()
         self._abandon = threading.Event()  # close() stopped waiting for calls in flight
@@ -340,7 +343,8 @@ class Dispatcher:
 
     def _call(self, attempt: Attempt) -> Done:
         if not self.stopping.is_set():
-            self.limiters[attempt.message.channel].acquire(self.stopping)
+            message = attempt.message
+            self.limiters[message.channel].acquire(self.stopping, cost=_slots(message))
         if self.stopping.is_set():
             return Done(attempt)
         try:
@@ -515,3 +519,10 @@ def _event(
         "occurred_at": now,
         "error_code": error_code,
     }
+
+
+def _slots(message: OutboundMessage) -> int:
+    """How much of a sender's rate a message takes: Twilio counts an SMS by its segments."""
+    if message.channel != Channel.SMS:
+        return 1
+    return max(segments.count(message.content.text).segments, 1)

@@ -31,7 +31,7 @@ from reminders import consents, deliveries, queries
 from reminders.channels import ChannelError, ErrorKind, OutboundMessage, Receipt, Sender
 from reminders.logs import get_logger, mask_address
 from reminders.models import Delivery, DeliveryStatus, Patient, Reminder, ReminderStatus
-from reminders.ratelimit import RateLimiter
+from reminders.ratelimit import Limiter
 from reminders.retry import RetryPolicy
 from reminders.runtime import Runtime
 
@@ -109,7 +109,7 @@ class Outcomes:
         owner: str,
         retry: RetryPolicy,
         pauses: ChannelPauses,
-        limiters: dict[str, RateLimiter],
+        limiters: dict[str, Limiter],
     ) -> None:
         self.runtime, self.owner, self.retry = runtime, owner, retry
         self.pauses, self.limiters = pauses, limiters

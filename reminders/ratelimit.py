@@ -7,7 +7,7 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable
-from typing import Any
+from typing import Any, Protocol
 
 from sqlalchemy import func, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
@@ -19,6 +19,14 @@ from reminders.logs import get_logger
 from reminders.models import SendSlot
 
 log = get_logger(__name__)
+
+
+class Limiter(Protocol):
+    """What dispatch needs of a sender's limit."""
+
+    def acquire(self, stop: threading.Event | None = None, cost: int = 1) -> float: ...
+
+    def hold_until(self, monotonic_at: float) -> None: ...
 
 
 class RateLimiter:

@@ -5,8 +5,8 @@ Twilio 429's ``Retry-After`` holds the SMS sender; ``tests/test_provider_dispatc
 reschedules the reminder no sooner than asked. What is left, here: SendGrid's
 ``X-RateLimit-Reset`` holding the email sender; SMS and WhatsApp, two senders on one Twilio
 account, each kept to its own rate; a sender's rate kept through the running service's passes
-while 429s come and go. One known gap is pinned as a strict xfail (it turns into a failure once
-fixed, to drop the mark): several replicas sharing one sender.
+while 429s come and go; two replicas sharing one sender keep its rate together (send slots
+reserved in the database).
 """
 
 from __future__ import annotations
@@ -166,10 +166,6 @@ def postgres() -> Iterator[Engine]:
 @pytest.mark.slow
 @pytest.mark.postgres
 @pytest.mark.timeout(120)
-@pytest.mark.xfail(
-    strict=True,
-    reason="the limiter is per process: N replicas send N times REMINDERS_SMS_RATE on one sender",
-)
 def test_two_replicas_together_keep_one_senders_messages_per_second(
     postgres, twilio, tmp_path: Path
 ) -> None:
