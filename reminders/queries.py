@@ -1,4 +1,5 @@
-"""Every statement that moves a reminder or a delivery, in one place.
+"""Statements that move one reminder or delivery: claims, lease recovery, the in-doubt rule,
+provider feedback. Planning's statements are in :mod:`reminders.plan_store`.
 
 Functions take the session and never commit: the caller owns the transaction. Claiming is one
 ``UPDATE ... WHERE id IN (SELECT ... FOR UPDATE SKIP LOCKED) RETURNING id`` on PostgreSQL; on
@@ -12,10 +13,10 @@ written many at a time) are in :mod:`reminders.deliveries`, under the same rules
 from __future__ import annotations
 
 import datetime as dt
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable
 from typing import Any
 
-from sqlalchemy import and_, func, or_, select, update
+from sqlalchemy import and_, func, select, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.orm import Session
@@ -26,106 +27,14 @@ from reminders.models import (
     DeliveryStatus,
     Reminder,
     ReminderStatus,
-    Treatment,
     WebhookEvent,
 )
-from reminders.planning import PlannedReminder
 
 RS = ReminderStatus
-# Cancellations that a later plan may undo (the reason went away); staff and sent ones stay.
-REVERSIBLE_REASONS = ("superseded", "inactive", "no_channel", "deleted", "replanned")
 
 
 def _insert(session: Session) -> Any:
     return pg_insert if session.get_bind().dialect.name == "postgresql" else sqlite_insert
-
-
-def plan(session: Session, treatment: Treatment, planned: Sequence[PlannedReminder]) -> int:
-    """Insert the planned steps of a treatment that are not there yet; move open ones whose
-    times changed. Returns the number of rows written (0 when nothing changed)."""
-    written = 0
-    existing = {
-        r.step: r
-        for r in session.scalars(select(Reminder).where(Reminder.treatment_id == treatment.id))
-    }
-    for p in planned:
-        row = existing.get(p.step)
-        if row is None:
-            values = {
-                "treatment_id": treatment.id,
-                "patient_id": treatment.patient_id,
-                "protocol": treatment.protocol,
-                "step": p.step,
-                "status": RS.PENDING,
-                "due_at": p.due_at,
-                "expires_at": p.expires_at,
-                "next_attempt_at": p.due_at,
-                "attempts": 0,
-            }
-            stmt = _insert(session)(Reminder).values(**values).on_conflict_do_nothing()
-            written += len(session.execute(stmt.returning(Reminder.id)).all())
-        elif _reopenable(row) or (
-            row.status == RS.PENDING and (row.due_at, row.expires_at) != (p.due_at, p.expires_at)
-        ):
-            row.status, row.reason = RS.PENDING, None
-            row.due_at, row.expires_at, row.next_attempt_at = p.due_at, p.expires_at, p.due_at
-            written += 1
-    return written
-
-
-def cancel_outdated(
-    session: Session, treatment_id: int, schedule: Sequence[PlannedReminder]
-) -> int:
-    """Cancel (``replanned``) the pending reminders of a treatment that its current schedule no
-    longer has at those times: its date was corrected, the patient's zone or lead changed, or
-    the protocol lost the step. Call after :func:`plan` has moved the ones still ahead."""
-    current = {(p.step, p.due_at, p.expires_at) for p in schedule}
-    pending = session.scalars(
-        select(Reminder).where(Reminder.treatment_id == treatment_id, Reminder.status == RS.PENDING)
-    )
-    outdated = [r for r in pending if (r.step, r.due_at, r.expires_at) not in current]
-    for row in outdated:
-        row.status, row.reason = RS.CANCELLED, "replanned"
-    return len(outdated)
-
-
-def superseded(session: Session, treatment: Treatment) -> bool:
-    """Whether a later live treatment of the same patient and protocol exists (the order the
-    planner uses: date administered, then id)."""
-    later = or_(
-        Treatment.administered_on > treatment.administered_on,
-        and_(Treatment.administered_on == treatment.administered_on, Treatment.id > treatment.id),
-    )
-    newer = select(Treatment.id).where(
-        Treatment.patient_id == treatment.patient_id,
-        Treatment.protocol == treatment.protocol,
-        Treatment.deleted_at.is_(None),
-        later,
-    )
-    return session.scalar(newer.limit(1)) is not None
-
-
-def _reopenable(row: Reminder) -> bool:
-    return row.status == RS.CANCELLED and row.reason in REVERSIBLE_REASONS
-
-
-def cancel_open(
-    session: Session,
-    reason: str,
-    *,
-    treatment_ids: Iterable[int] = (),
-    steps_not: Iterable[str] = (),
-) -> int:
-    """Cancel the pending reminders of these treatments (optionally keeping some steps)."""
-    ids = list(treatment_ids)
-    if not ids:
-        return 0
-    stmt = update(Reminder).where(Reminder.treatment_id.in_(ids), Reminder.status == RS.PENDING)
-    keep = list(steps_not)
-    if keep:
-        stmt = stmt.where(Reminder.step.not_in(keep))
-    result = session.execute(stmt.values(status=RS.CANCELLED, reason=reason))
-    return int(getattr(result, "rowcount", 0) or 0)
 
 
 def claim_due(
@@ -158,17 +67,6 @@ def _unclaim(**values: Any) -> dict[str, Any]:
     return {"claimed_by": None, "lease_until": None, **values}
 
 
-def mark_sent(
-    session: Session, reminder_id: int, owner: str, *, channel: str, now: dt.datetime
-) -> bool:
-    result = session.execute(
-        update(Reminder)
-        .where(_claimed(reminder_id, owner))
-        .values(**_unclaim(status=RS.SENT, channel=channel, sent_at=now, reason=None))
-    )
-    return bool(getattr(result, "rowcount", 0))
-
-
 def reschedule(
     session: Session,
     reminder_id: int,
@@ -185,16 +83,6 @@ def reschedule(
     if error is not None:
         values["last_error"] = error[:500]
     result = session.execute(update(Reminder).where(_claimed(reminder_id, owner)).values(**values))
-    return bool(getattr(result, "rowcount", 0))
-
-
-def finish(session: Session, reminder_id: int, owner: str, *, status: RS, reason: str) -> bool:
-    """End a claimed reminder as failed, expired or cancelled, with its reason."""
-    result = session.execute(
-        update(Reminder)
-        .where(_claimed(reminder_id, owner))
-        .values(**_unclaim(status=status, reason=reason))
-    )
     return bool(getattr(result, "rowcount", 0))
 
 
@@ -337,62 +225,6 @@ def add_events(
     ]
     if rows and status is not None:
         session.execute(_insert(session)(DeliveryEvent), rows)
-
-
-def finish_delivery(
-    session: Session,
-    delivery_id: int,
-    *,
-    status: str,
-    now: dt.datetime,
-    provider_id: str | None = None,
-    error_code: str | None = None,
-    error_message: str | None = None,
-    permanent: bool = False,
-    details: dict[str, Any] | None = None,
-) -> None:
-    """Record what the provider answered to the call (only from ``sending``)."""
-    values: dict[str, Any] = {"status": status, "permanent": permanent, "updated_at": now}
-    for key, value in (
-        ("provider_message_id", provider_id),
-        ("error_code", error_code),
-        ("error_message", error_message and error_message[:500]),
-        ("details", details),
-    ):
-        if value is not None:
-            values[key] = value
-    session.execute(
-        update(Delivery)
-        .where(
-            Delivery.id == delivery_id,
-            or_(
-                Delivery.status == DeliveryStatus.SENDING,
-                Delivery.status == DeliveryStatus.IN_DOUBT,
-            ),
-        )
-        .values(**values)
-    )
-    add_events(session, [delivery_id], "dispatch", now, status, error_code)
-
-
-def failed_channels(session: Session, reminder_id: int) -> set[str]:
-    """Channels that failed permanently for this reminder (fallback skips them)."""
-    return set(
-        session.scalars(
-            select(Delivery.channel).where(Delivery.reminder_id == reminder_id, Delivery.permanent)
-        )
-    )
-
-
-def treatments_to_plan(session: Session, limit: int) -> list[tuple[int, str]]:
-    """(patient, protocol) groups that have a treatment waiting to be planned."""
-    rows = session.execute(
-        select(Treatment.patient_id, Treatment.protocol)
-        .where(Treatment.needs_plan)
-        .group_by(Treatment.patient_id, Treatment.protocol)
-        .limit(limit)
-    )
-    return [(r[0], r[1]) for r in rows]
 
 
 def due_depth(session: Session, now: dt.datetime) -> int:
