@@ -157,6 +157,9 @@ class Treatment(Base):
     units: Mapped[Decimal | None] = mapped_column(Numeric(10, 2))
     location: Mapped[str | None] = mapped_column(String(200))
     deleted_at: Mapped[dt.datetime | None]
+    # Who wrote it last: "import", "api" or "sync:<name>" (NULL: before revision 0005). A full
+    # sync deletes only what it wrote itself.
+    source: Mapped[str | None] = mapped_column(String(64))
     needs_plan: Mapped[bool] = mapped_column(Boolean, default=True)
     created_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
     updated_at: Mapped[dt.datetime] = mapped_column(default=utcnow, onupdate=utcnow)

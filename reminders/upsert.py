@@ -290,9 +290,11 @@ def upsert_treatments(
     runtime: Runtime,
     records: Sequence[TreatmentRecord],
     *,
+    source: str,
     now: dt.datetime,
 ) -> list[Outcome]:
-    """Create or update treatments and plan the groups they changed.
+    """Create or update treatments and plan the groups they changed; ``source`` (``api``,
+    ``sync:<name>``) is recorded on the ones written.
 
     Raises :class:`UnknownPatientError` when a record names a patient that is not stored.
     """
@@ -304,7 +306,7 @@ def upsert_treatments(
     outcomes: list[Outcome] = []
     for chunk in chunks(records):
         groups: set[Group] = set()
-        outcomes += write_treatments(session, runtime, chunk, owners, now, groups)
+        outcomes += write_treatments(session, runtime, chunk, owners, now, groups, source=source)
         plan_groups(session, runtime, groups, now)
     return outcomes
 
@@ -316,6 +318,8 @@ def write_treatments(
     owners: dict[str, int],
     now: dt.datetime,
     to_plan: set[Group],
+    *,
+    source: str,
 ) -> list[Outcome]:
     """Store a chunk of treatments (distinct external ids, patients in ``owners``) without
     planning them: the groups to plan are added to ``to_plan``, and the caller must plan them
@@ -341,7 +345,7 @@ def write_treatments(
             # Not flagged: the caller plans its group in this transaction (below, or at the
             # end of an import), and a flag would cost an update of every new row. Under a
             # protocol no longer configured it waits, flagged, and the planner logs it.
-            new.append((record.external_id, *values, record.protocol not in protocols))
+            new.append((record.external_id, *values, source, record.protocol not in protocols))
             to_plan.add((values[0], record.protocol))
             outcomes.append(Outcome.CREATED)
         elif found == (values, None):  # the same, and not deleted
@@ -357,7 +361,7 @@ def write_treatments(
         same = {
             row.external_id
             for row in rows
-            if _update_treatment(session, row, changed[row.external_id], to_plan)
+            if _update_treatment(session, row, changed[row.external_id], to_plan, source)
             is Outcome.UNCHANGED
         }
         if same:
@@ -401,11 +405,22 @@ def _stored_treatments(
 
 TREATMENT_VALUES = ("patient_id", "protocol", "administered_on", "product", "units", "location")
 # The columns a COPY of new treatments writes, in order.
-NEW_TREATMENT = ("external_id", *TREATMENT_VALUES, "needs_plan", "created_at", "updated_at")
+NEW_TREATMENT = (
+    "external_id",
+    *TREATMENT_VALUES,
+    "source",
+    "needs_plan",
+    "created_at",
+    "updated_at",
+)
 
 
 def _update_treatment(
-    session: Session, row: Treatment, values: dict[str, Any], groups: set[tuple[int, str]]
+    session: Session,
+    row: Treatment,
+    values: dict[str, Any],
+    groups: set[tuple[int, str]],
+    source: str,
 ) -> Outcome:
     changed = {k for k, v in values.items() if getattr(row, k) != v}
     revived = row.deleted_at is not None
@@ -419,6 +434,7 @@ def _update_treatment(
     for key in changed:
         setattr(row, key, values[key])
     row.deleted_at = None
+    row.source = source
     return Outcome.UPDATED
 
 

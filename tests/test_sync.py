@@ -39,9 +39,11 @@ from reminders.cli import main
 from reminders.importing.source import Query, SyncConfig, load_sync_config, source_engine
 from reminders.importing.sync import SyncReport, run_sync, sync_job
 from reminders.models import Patient, Reminder, SyncState, Treatment
+from reminders.records import Rules, parse_treatment
 from reminders.runtime import Runtime, build_runtime
 from reminders.service import Service
 from reminders.settings import ConfigError, Settings, load_settings
+from reminders.upsert import upsert_treatments
 from tests.conftest import (
     CONFIG,
     POSTGRES_URL,
@@ -312,6 +314,39 @@ def test_a_full_sync_deletes_treatments_the_source_no_longer_has(
     assert {v[:2] for k, v in reminders(synced).items() if k[0] == "v1"} == {
         ("cancelled", "deleted")
     }
+
+
+def test_a_full_sync_leaves_alone_treatments_other_sources_wrote(
+    synced: Runtime, source: Source
+) -> None:
+    """A clinic that syncs visits and also imports a CSV (or uses the API): the full sync
+    deletes only the treatments it wrote itself."""
+    seed(source)
+    sync(synced, FULL)
+    rules = Rules.of(synced.settings, synced.protocols, NOW)
+    record = parse_treatment(
+        {
+            "external_id": "csv-1",
+            "patient_external_id": "m1",
+            "protocol": "chronic_migraine",
+            "administered_on": "2026-02-01",
+        },
+        rules,
+    )
+    with synced.sessions() as session, session.begin():
+        upsert_treatments(session, synced, [record], source="import", now=NOW)
+    source.remove_visit("v1")
+    report = sync(synced, FULL)
+    assert report.treatments.deleted == 1  # v1, the sync's own; csv-1 stays
+    with synced.sessions() as session:
+        live = dict(
+            session.execute(
+                select(Treatment.external_id, Treatment.source).where(
+                    Treatment.deleted_at.is_(None)
+                )
+            ).all()
+        )
+    assert live == {"v2": "sync:clinic", "v3": "sync:clinic", "csv-1": "import"}
 
 
 @sqlite_source

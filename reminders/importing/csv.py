@@ -314,7 +314,13 @@ class _Import:
         else:
             treatments: list[TreatmentRecord] = records  # type: ignore[assignment]
             outcomes = write_treatments(
-                self.session, self.runtime, treatments, checked.owners, self.now, self.to_plan
+                self.session,
+                self.runtime,
+                treatments,
+                checked.owners,
+                self.now,
+                self.to_plan,
+                source="import",
             )
             # Half a written treatment's step waits for its group's planning, which comes
             # later: the progress bar keeps moving through it.

@@ -24,7 +24,7 @@ import zlib
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
-from sqlalchemy import Connection, select, text
+from sqlalchemy import Connection, or_, select, text
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import Session
 
@@ -136,7 +136,9 @@ class _Pass:
         checked = check_rows(read.rows, parse_treatment, self.rules)
         drop_unknown_patients(self.session, checked, read.rows)
         records = [r for _, r in checked.records]
-        outcomes = upsert_treatments(self.session, self.runtime, records, now=self.now)
+        outcomes = upsert_treatments(
+            self.session, self.runtime, records, source=_source(self.config), now=self.now
+        )
         self.report.treatments.add(outcomes)
         gone = {as_text(r.values.get("external_id")) for r in read.deleted}
         if query.updated_at is None or self.full:
@@ -162,8 +164,17 @@ def _missing(session: Session, config: SyncConfig, rows: Sequence[RawRow]) -> li
         log.warning("sync_source_empty", source=config.name, action="nothing deleted")
         return []
     present = {as_text(r.values.get("external_id")) for r in rows}
-    stored = session.scalars(select(Treatment.external_id).where(Treatment.deleted_at.is_(None)))
+    # Only what this sync wrote (or rows from before sources were recorded): a treatment
+    # imported from a CSV file or put through the API is not this source's to delete.
+    mine = or_(Treatment.source == _source(config), Treatment.source.is_(None))
+    stored = session.scalars(
+        select(Treatment.external_id).where(Treatment.deleted_at.is_(None), mine)
+    )
     return [external_id for external_id in stored if external_id not in present]
+
+
+def _source(config: SyncConfig) -> str:
+    return f"{SOURCE}:{config.name}"
 
 
 def _save_cursor(

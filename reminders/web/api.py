@@ -326,7 +326,7 @@ def _put_treatment(runtime: Runtime, body: dict[str, Any]) -> JSONResponse:
         if not patient_ids(session, [record.patient_external_id]):
             raise _invalid(unknown)
         try:
-            [outcome] = upsert_treatments(session, runtime, [record], now=now)
+            [outcome] = upsert_treatments(session, runtime, [record], source=ACTOR, now=now)
         except UnknownPatientError:  # deleted between the check and the write
             raise _invalid(unknown) from None
         _audit(session, "treatment.put", record.external_id, outcome)
