@@ -89,14 +89,17 @@ class SharedRateLimiter:
 
     A slot is reserved with one atomic ``UPDATE ... RETURNING``:
     ``next_slot = max(next_slot, now) + k / rate``. A process reserves up to ``BLOCK_SECONDS``
-    worth of slots at a time, so a fast sender costs one statement per block, not per message;
-    a reserved slot still unused once it has passed is dropped (using it late would send a
-    burst). Slots are wall-clock (Unix) times: replicas' clocks must agree to a fraction of the
-    interval, as NTP keeps them. A provider's hold (429) moves the shared slot too, so every
-    replica waits. If the database cannot be reached, the process spaces its own sends.
+    worth of slots (``BLOCK_MAX`` at most) at a time, so a fast sender costs one statement per
+    block, not per message; a reserved slot still unused well after it has passed is dropped
+    (using it late would send a burst). Slots are wall-clock (Unix) times: replicas' clocks
+    must agree to a fraction of the interval, as NTP keeps them. A provider's hold (429) moves
+    the shared slot too, so every replica waits. If the database cannot be reached, the
+    process spaces its own sends.
     """
 
-    BLOCK_SECONDS = 0.1
+    BLOCK_SECONDS = 0.1  # a block holds up to this long of a sender's slots...
+    BLOCK_MAX = 16  # ...and at most this many: a block a process cannot use holds back others
+    STALE_SECONDS = 0.05  # a reserved slot this far in the past is dropped, not used
 
     def __init__(
         self,
@@ -109,7 +112,7 @@ class SharedRateLimiter:
         if rate <= 0:
             raise ValueError("rate must be positive")
         self.channel, self.interval = channel, 1.0 / rate
-        self.block = max(1, int(rate * self.BLOCK_SECONDS))
+        self.block = max(1, min(int(rate * self.BLOCK_SECONDS), self.BLOCK_MAX))
         self._sessions, self._clock, self._monotonic = sessions, clock, monotonic
         self._slots: deque[float] = deque()  # reserved for this process, oldest first
         self._held_until = 0.0
@@ -151,7 +154,7 @@ class SharedRateLimiter:
     def _next_slot(self) -> float:
         with self._lock:
             now = self._clock()
-            while self._slots and self._slots[0] < now - self.interval:
+            while self._slots and self._slots[0] < now - max(self.interval, self.STALE_SECONDS):
                 self._slots.popleft()  # passed unused: sending on it now would be a burst
             if not self._slots:
                 self._slots.extend(self._reserve(now))

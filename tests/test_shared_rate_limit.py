@@ -68,13 +68,14 @@ def test_a_fast_sender_reserves_slots_in_blocks_not_a_statement_per_message(runt
 
     event.listen(runtime.engine, "before_cursor_execute", count)
     try:
-        limiter = SharedRateLimiter(runtime.sessions, "email", 500.0)
-        assert limiter.block == 50
-        for _ in range(200):
+        limiter = SharedRateLimiter(runtime.sessions, "email", 100.0)
+        assert limiter.block == 10  # a tenth of a second's worth
+        for _ in range(100):
             limiter.acquire()
+        assert SharedRateLimiter(runtime.sessions, "sms", 1_000_000.0).block == 16
     finally:
         event.remove(runtime.engine, "before_cursor_execute", count)
-    assert 4 <= len(updates) <= 6  # 200 slots in blocks of 50 (a passed block is dropped)
+    assert 10 <= len(updates) <= 12  # 100 slots in blocks of 10
 
 
 def test_a_providers_hold_on_one_replica_holds_the_other(runtime) -> None:
