@@ -5,13 +5,10 @@ from __future__ import annotations
 
 import datetime as dt
 import os
-import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from sqlalchemy import create_engine, text
-from sqlalchemy.engine import make_url
 
 from reminders import migrate
 from reminders.channels.recording import RecordingSender
@@ -19,33 +16,12 @@ from reminders.db import Base, make_engine
 from reminders.runtime import Runtime, build_runtime
 from reminders.settings import Settings, load_settings
 from tests.fakes import FakeSendGrid, FakeTwilio
+from tests.support.postgres import create_postgres_database, drop_postgres_database
 
 ROOT = Path(__file__).resolve().parent.parent
 CONFIG = ROOT / "config"
 os.environ.setdefault("NO_PROXY", "127.0.0.1,localhost")
 os.environ.setdefault("no_proxy", "127.0.0.1,localhost")
-
-
-def _admin_url(url: str) -> str:
-    return make_url(url).set(database="postgres").render_as_string(hide_password=False)
-
-
-def create_postgres_database(base_url: str, prefix: str = "reminders_test") -> str:
-    """A new, empty PostgreSQL database next to ``base_url``; returns its URL."""
-    name = f"{prefix}_{uuid.uuid4().hex[:10]}"
-    admin = create_engine(_admin_url(base_url), isolation_level="AUTOCOMMIT")
-    with admin.connect() as conn:
-        conn.execute(text(f'CREATE DATABASE "{name}"'))
-    admin.dispose()
-    return make_url(base_url).set(database=name).render_as_string(hide_password=False)
-
-
-def drop_postgres_database(url: str) -> None:
-    name = make_url(url).database
-    admin = create_engine(_admin_url(url), isolation_level="AUTOCOMMIT")
-    with admin.connect() as conn:
-        conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-    admin.dispose()
 
 
 POSTGRES_URL = os.environ.get("REMINDERS_TEST_POSTGRES_URL") or (

@@ -26,6 +26,8 @@ from reminders.outcomes import ChannelPauses
 from reminders.retry import RetryPolicy
 from reminders.runtime import Runtime
 from tests import factories
+from tests.test_dispatch import due
+from tests.test_dispatch import reminder as row
 
 Senders = dict[str, RecordingSender]
 
@@ -46,33 +48,6 @@ def make_dispatcher(runtime: Runtime) -> Iterator[Callable[..., Dispatcher]]:
     yield make
     for d in made:
         d.close(timeout=1)
-
-
-def due(
-    rt: Runtime, now: dt.datetime, *, expires: dt.timedelta | None = None, **patient: Any
-) -> int:
-    with rt.sessions() as s, s.begin():
-        p = factories.patient(s, **patient)
-        t = factories.treatment(s, p, dt.date(2025, 12, 10), needs_plan=False)
-        r = Reminder(
-            treatment_id=t.id,
-            patient_id=p.id,
-            protocol=t.protocol,
-            step="due",
-            status="pending",
-            due_at=now,
-            expires_at=now + (expires or dt.timedelta(days=7)),
-            next_attempt_at=now - dt.timedelta(minutes=1),
-            attempts=0,
-        )
-        s.add(r)
-        s.flush()
-        return r.id
-
-
-def row(rt: Runtime, rid: int) -> Reminder:
-    with rt.sessions() as s:
-        return s.get_one(Reminder, rid)
 
 
 def treatment_of(rt: Runtime, rid: int) -> Treatment:

@@ -24,6 +24,7 @@ from reminders.channels import Sender
 from reminders.db import make_engine
 from reminders.runtime import Runtime, build_runtime
 from reminders.settings import Settings, load_settings
+from tests.support.postgres import create_postgres_database, drop_postgres_database
 
 ROOT = Path(__file__).resolve().parents[2]
 CONFIG = ROOT / "config"
@@ -35,28 +36,6 @@ def postgres_base_url() -> str:
     env = os.environ.get("REMINDERS_PERF_POSTGRES_URL", "")
     test = os.environ.get("REMINDERS_TEST_DATABASE_URL", "")
     return env or (test if test.startswith("postgresql") else DEFAULT_POSTGRES)
-
-
-def _admin_url(url: str) -> str:
-    return make_url(url).set(database="postgres").render_as_string(hide_password=False)
-
-
-def create_postgres_database(base_url: str, prefix: str) -> str:
-    """A new, empty PostgreSQL database next to ``base_url``; returns its URL."""
-    name = f"{prefix}_{uuid.uuid4().hex[:10]}"
-    admin = create_engine(_admin_url(base_url), isolation_level="AUTOCOMMIT")
-    with admin.connect() as conn:
-        conn.execute(text(f'CREATE DATABASE "{name}"'))
-    admin.dispose()
-    return make_url(base_url).set(database=name).render_as_string(hide_password=False)
-
-
-def drop_postgres_database(url: str) -> None:
-    name = make_url(url).database
-    admin = create_engine(_admin_url(url), isolation_level="AUTOCOMMIT")
-    with admin.connect() as conn:
-        conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-    admin.dispose()
 
 
 @contextlib.contextmanager
