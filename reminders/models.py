@@ -171,12 +171,6 @@ class Reminder(Base):
     __tablename__ = "reminders"
     __table_args__ = (
         UniqueConstraint("treatment_id", "step", name="uq_reminders_treatment_step"),
-        Index(
-            "ix_reminders_due",
-            "next_attempt_at",
-            postgresql_where=text("status = 'pending'"),
-            sqlite_where=text("status = 'pending'"),
-        ),
         Index("ix_reminders_status_due", "status", "due_at", "id"),  # outbox views, leases
         Index(
             "ix_reminders_upcoming",
@@ -184,7 +178,7 @@ class Reminder(Base):
             "id",
             postgresql_where=text("status IN ('pending', 'claimed')"),
             sqlite_where=text("status IN ('pending', 'claimed')"),
-        ),
+        ),  # also the claim's: status = 'pending' implies it
         Index("ix_reminders_patient", "patient_id"),
     )
 

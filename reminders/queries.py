@@ -13,13 +13,16 @@ written many at a time) are in :mod:`reminders.deliveries`, under the same rules
 from __future__ import annotations
 
 import datetime as dt
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from typing import Any
 
-from sqlalchemy import and_, func, select, update
+from sqlalchemy import ColumnElement, and_, func, literal, select, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+from sqlalchemy.ext.compiler import compiles
 from sqlalchemy.orm import Session
+from sqlalchemy.sql.compiler import SQLCompiler
+from sqlalchemy.sql.functions import FunctionElement
 
 from reminders.models import (
     Delivery,
@@ -37,14 +40,66 @@ def _insert(session: Session) -> Any:
     return pg_insert if session.get_bind().dialect.name == "postgresql" else sqlite_insert
 
 
+class Likely(FunctionElement[bool]):
+    """A condition most rows meet: SQLite's ``likely(...)``, the bare condition elsewhere.
+    Untyped, so that SQLite's dialect does not append ``= 1`` as it does to booleans."""
+
+    inherit_cache = True
+
+
+@compiles(Likely)
+def _bare(element: Likely, compiler: SQLCompiler, **kw: Any) -> str:
+    return str(compiler.process(element.clauses, **kw))
+
+
+@compiles(Likely, "sqlite")
+def _likely(element: Likely, compiler: SQLCompiler, **kw: Any) -> str:
+    return f"likely({compiler.process(element.clauses, **kw)})"
+
+
+def in_statuses(statuses: Sequence[str]) -> ColumnElement[bool]:
+    """``status IN (...)`` written out as literals. For pending and claimed that is the partial
+    index ``ix_reminders_upcoming``'s own predicate: PostgreSQL and SQLite both prove it only
+    then. Without statistics SQLite takes it for a narrow condition, probes
+    ``(status, due_at, id)`` for each status and sorts; ``likely()`` tells it otherwise."""
+    return Likely(Reminder.status.in_([literal(str(s), literal_execute=True) for s in statuses]))
+
+
+class Unindexed(FunctionElement[str]):
+    """A column SQLite must not look up by index here (``+column``); the bare column elsewhere."""
+
+    inherit_cache = True
+
+
+@compiles(Unindexed)
+def _column(element: Unindexed, compiler: SQLCompiler, **kw: Any) -> str:
+    return str(compiler.process(element.clauses, **kw))
+
+
+@compiles(Unindexed, "sqlite")
+def _unindexed(element: Unindexed, compiler: SQLCompiler, **kw: Any) -> str:
+    return f"+{compiler.process(element.clauses, **kw)}"
+
+
+UPCOMING = (RS.PENDING, RS.CLAIMED)
+
+
+def waiting(*conditions: ColumnElement[bool]) -> list[ColumnElement[bool]]:
+    """Pending reminders, on ``ix_reminders_upcoming`` in ``next_attempt_at, id`` order: its
+    predicate, then ``status = 'pending'``, which SQLite would otherwise look up in
+    ``(status, due_at, id)`` and then sort every pending reminder."""
+    pending = Unindexed(Reminder.status) == literal(str(RS.PENDING), literal_execute=True)
+    return [in_statuses(UPCOMING), pending, *conditions]
+
+
 def claim_due(
     session: Session, owner: str, *, now: dt.datetime, limit: int, lease: dt.timedelta
 ) -> list[int]:
     """Claim up to ``limit`` due reminders for ``owner`` until ``now + lease``; oldest first."""
     due = (
         select(Reminder.id)
-        .where(Reminder.status == RS.PENDING, Reminder.next_attempt_at <= now)
-        .order_by(Reminder.next_attempt_at)
+        .where(*waiting(Reminder.next_attempt_at <= now))
+        .order_by(Reminder.next_attempt_at, Reminder.id)
         .limit(limit)
         .with_for_update(skip_locked=True)
     )
@@ -233,7 +288,7 @@ def due_depth(session: Session, now: dt.datetime) -> int:
         session.scalar(
             select(func.count())
             .select_from(Reminder)
-            .where(Reminder.status == RS.PENDING, Reminder.next_attempt_at <= now)
+            .where(*waiting(Reminder.next_attempt_at <= now))
         )
         or 0
     )

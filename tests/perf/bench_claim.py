@@ -26,7 +26,7 @@ from tests.perf.databases import runtime_for
 from tests.perf.report import ms, percentile
 
 TARGET_SECONDS = 0.020
-INDEX = "ix_reminders_due"
+INDEX = "ix_reminders_upcoming"
 LEASE = dt.timedelta(minutes=5)
 
 

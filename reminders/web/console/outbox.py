@@ -25,18 +25,15 @@ from sqlalchemy import (
     Select,
     and_,
     func,
-    literal,
     or_,
     select,
     update,
 )
-from sqlalchemy.ext.compiler import compiles
 from sqlalchemy.orm import InstrumentedAttribute, Session
-from sqlalchemy.sql.compiler import SQLCompiler
-from sqlalchemy.sql.functions import FunctionElement
 
 from reminders.models import AuditEntry, Patient, Reminder, ReminderStatus
 from reminders.planning import at_local
+from reminders.queries import in_statuses, waiting
 
 RS = ReminderStatus
 VIEWS: dict[str, tuple[RS, ...]] = {
@@ -115,32 +112,11 @@ def _key(view: str) -> tuple[InstrumentedAttribute[dt.datetime], bool]:
     return (Reminder.next_attempt_at, False) if view == "upcoming" else (Reminder.due_at, True)
 
 
-class _Likely(FunctionElement[bool]):
-    """A condition most rows meet: SQLite's ``likely(...)``, the bare condition elsewhere.
-    Untyped, so that SQLite's dialect does not append ``= 1`` as it does to booleans."""
-
-    inherit_cache = True
-
-
-@compiles(_Likely)
-def _bare(element: _Likely, compiler: SQLCompiler, **kw: Any) -> str:
-    return str(compiler.process(element.clauses, **kw))
-
-
-@compiles(_Likely, "sqlite")
-def _likely(element: _Likely, compiler: SQLCompiler, **kw: Any) -> str:
-    return f"likely({compiler.process(element.clauses, **kw)})"
-
-
 def _in_view(view: str) -> ColumnElement[bool]:
     statuses = VIEWS[view]
     if len(statuses) == 1:
         return Reminder.status == statuses[0]
-    # Written out as literals, the condition is the partial index's own
-    # (status IN ('pending', 'claimed')): PostgreSQL and SQLite both prove it only then. Without
-    # statistics SQLite takes the condition for a narrow one, probes (status, due_at, id) for
-    # each status and sorts the whole view; likely() tells it otherwise.
-    return _Likely(Reminder.status.in_([literal(str(s), literal_execute=True) for s in statuses]))
+    return in_statuses(statuses)
 
 
 def statement(filters: Filters, zone: ZoneInfo) -> Select[Reminder, str, str, str]:
@@ -296,11 +272,7 @@ def forecast_counts(
     """Pending reminders due in [start, end): (protocol, step, count)."""
     stmt = (
         select(Reminder.protocol, Reminder.step, func.count())
-        .where(
-            Reminder.status == RS.PENDING,
-            Reminder.next_attempt_at >= start,
-            Reminder.next_attempt_at < end,
-        )
+        .where(*waiting(Reminder.next_attempt_at >= start, Reminder.next_attempt_at < end))
         .group_by(Reminder.protocol, Reminder.step)
         .order_by(Reminder.protocol, Reminder.step)
     )
@@ -313,11 +285,7 @@ def forecast_rows(
     stmt = (
         select(Reminder, Patient)
         .join(Patient, Patient.id == Reminder.patient_id)
-        .where(
-            Reminder.status == RS.PENDING,
-            Reminder.next_attempt_at >= start,
-            Reminder.next_attempt_at < end,
-        )
+        .where(*waiting(Reminder.next_attempt_at >= start, Reminder.next_attempt_at < end))
         .order_by(Reminder.next_attempt_at, Reminder.id)
         .offset(offset)
         .limit(limit)
