@@ -32,4 +32,5 @@ def test_the_benchmarks_print_a_verdict_for_every_figure_at_toy_size() -> None:
     summary = done.stdout.split("== summary", 1)[-1]
     figures = {int(n) for n, backend, _ in LINE.findall(summary) if backend == BACKEND}
     assert figures == set(BENCHMARKS), summary
-    assert re.search(r"ix_reminders_upcoming", done.stdout), "the claim's plan is printed"
+    # At toy size the planner may prefer any index (or none); full size checks which one.
+    assert re.search(r"claim_due plan \(\w+\)", done.stdout), "the claim's plan is printed"
