@@ -184,6 +184,9 @@ def _compiled(source: str, html: bool) -> Template:
 
 
 def render_string(source: str, context: Mapping[str, Any], field: str) -> str:
+    if "\x00" in source:  # no message carries one, and PostgreSQL cannot store it
+        line = source.count("\n", 0, source.index("\x00")) + 1
+        raise TemplateError(field, "holds a NUL character", line)
     try:
         return _compiled(source, field == "html").render(context).strip()
     except TemplateSyntaxError as exc:

@@ -157,3 +157,10 @@ def test_ordinary_arithmetic_and_formatting_still_render() -> None:
     assert render(spec, CONTEXT).text == (
         "-------------------- 1024 6.25 -8 42     ab 003.1   x  |"
     )
+
+
+def test_a_nul_character_is_refused_naming_field_and_line() -> None:
+    """PostgreSQL cannot store one: the console would answer 500 instead of 422."""
+    spec = TemplateSpec(step="due", channel="sms", language="en", text="Hello\nthere\x00")
+    with pytest.raises(TemplateError, match=r"^text, line 2: holds a NUL character$"):
+        render(spec, CONTEXT)
