@@ -15,11 +15,15 @@ from typing import Any, ClassVar
 
 from sqlalchemy import DateTime, Engine, create_engine, event
 from sqlalchemy.engine import Dialect, make_url
+from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import DeclarativeBase, Session, sessionmaker
 from sqlalchemy.types import TypeDecorator
 
 UTC = dt.UTC
 CONNECT_TIMEOUT = 10  # seconds, PostgreSQL (overridden by the URL or PGCONNECT_TIMEOUT)
+# PostgreSQL ended the transaction to break a lock cycle or a serialization conflict: nothing
+# of it was written, and running it again is the documented answer.
+CONFLICT_SQLSTATES = frozenset({"40P01", "40001"})
 
 
 class UTCDateTime(TypeDecorator[dt.datetime]):
@@ -48,6 +52,13 @@ class UTCDateTime(TypeDecorator[dt.datetime]):
 
 class Base(DeclarativeBase):
     type_annotation_map: ClassVar[dict[Any, Any]] = {dt.datetime: UTCDateTime()}
+
+
+def is_conflict(exc: BaseException) -> bool:
+    """A transaction the database rolled back for a conflict with another (deadlock,
+    serialization failure): safe and right to run again at once."""
+    origin = exc.orig if isinstance(exc, DBAPIError) else exc
+    return getattr(origin, "sqlstate", None) in CONFLICT_SQLSTATES
 
 
 def utcnow() -> dt.datetime:

@@ -36,7 +36,7 @@ from zoneinfo import ZoneInfo
 
 from sqlalchemy.orm import Session
 
-from reminders import deliveries, queries, template_store
+from reminders import db, deliveries, queries, template_store
 from reminders.channels import ChannelError, OutboundMessage, calendar, segments
 from reminders.deliveries import Claimed
 from reminders.logs import get_logger
@@ -55,6 +55,7 @@ NO_CHANNEL_RETRY = dt.timedelta(minutes=15)
 NO_CHANNEL_ERROR = "no configured channel is available"
 CLOSE_SECONDS = 5.0  # how long close() waits for provider calls in flight
 POLL_SECONDS = 0.2  # how often the dispatcher looks at close() while sends are in flight
+CONFLICT_TRIES = 5  # a step the database rolled back for a lock conflict is run again
 
 __all__ = ["Attempt", "ChannelPauses", "Dispatcher"]
 
@@ -252,15 +253,24 @@ class Dispatcher:
             done = self._take_outbox()
             if not (done or start or back):
                 return [], []
-            try:
-                with session.begin():
-                    attempts = self._write(session, done, start, now, results)
-                    if back:
-                        deliveries.put_back(session, back, self.owner, at=now)
-            except BaseException:
-                for d in done:
-                    d.outcome = "error"
-                raise
+            for tries in range(1, CONFLICT_TRIES + 1):
+                try:
+                    with session.begin():
+                        attempts = self._write(session, done, start, now, results)
+                        if back:
+                            deliveries.put_back(session, back, self.owner, at=now)
+                    break
+                except Exception as exc:
+                    # Outcomes of calls that went out must not be lost to a lock conflict:
+                    # that would leave them in doubt, and maybe sent twice.
+                    if tries < CONFLICT_TRIES and db.is_conflict(exc):
+                        log.warning("dispatch_conflict", owner=self.owner, tries=tries)
+                        for d in done:
+                            d.outcome = None
+                        continue
+                    for d in done:
+                        d.outcome = "error"
+                    raise
         results.update(dict.fromkeys(back, "released"))
         return attempts, done
 

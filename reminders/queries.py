@@ -300,19 +300,25 @@ def due_depth(session: Session, now: dt.datetime) -> int:
 def find_delivery(
     session: Session, *, public_id: str | None, provider_ids: Iterable[str], channels: Iterable[str]
 ) -> Delivery | None:
-    """The delivery a provider callback names (locked): by our unguessable id, else by the
-    provider's message id; only among ``channels``."""
-    base = select(Delivery).where(Delivery.channel.in_(list(channels))).order_by(Delivery.id)
+    """The delivery a provider callback names: by our unguessable id, else by the provider's
+    message id; only among ``channels``. Locked, and its reminder before it: the order dispatch
+    (:func:`reminders.deliveries.held`) and housekeeping take them in, so a callback that comes
+    while its send's outcome is being written waits for that commit instead of deadlocking."""
+    base = select(Delivery.id, Delivery.reminder_id).where(Delivery.channel.in_(list(channels)))
     ids = [i for i in provider_ids if i]
     for where in (
         Delivery.public_id == public_id if public_id else None,
         Delivery.provider_message_id.in_(ids) if ids else None,
     ):
-        if where is not None:
-            stmt = base.where(where).limit(1).with_for_update()
-            found = session.scalars(stmt.execution_options(populate_existing=True)).first()
-            if found is not None:
-                return found
+        if where is None:
+            continue
+        found = session.execute(base.where(where).order_by(Delivery.id).limit(1)).first()
+        if found is not None:
+            session.execute(
+                select(Reminder.id).where(Reminder.id == found.reminder_id).with_for_update()
+            )
+            locked = select(Delivery).where(Delivery.id == found.id).with_for_update()
+            return session.scalars(locked.execution_options(populate_existing=True)).one()
     return None
 
 

@@ -11,15 +11,17 @@ from collections import Counter
 from collections.abc import Callable, Iterator
 
 import pytest
-from sqlalchemy import func, insert, select
+from sqlalchemy import func, insert, select, text, update
+from sqlalchemy.orm import Session
 
-from reminders import migrate, queries
+from reminders import deliveries, migrate, queries
 from reminders.channels.recording import RecordingSender
 from reminders.db import make_engine
 from reminders.dispatch import Dispatcher
 from reminders.models import Delivery, Reminder
 from reminders.runtime import Runtime, build_runtime
 from reminders.settings import load_settings
+from reminders.web import twilio_hooks
 from tests import factories
 from tests.conftest import (
     CONFIG,
@@ -194,3 +196,47 @@ def test_two_sqlite_dispatchers_sending_a_backlog_at_once_send_each_reminder_onc
     on_sqlite, sender
 ) -> None:
     assert_each_sent_once(on_sqlite, sender)
+
+
+@pytest.mark.postgres
+def test_a_status_callback_waits_for_the_outcome_being_written_instead_of_deadlocking(
+    on_postgres,
+) -> None:
+    """A provider's callback can come while the dispatcher is writing that very send's outcome
+    (the fake and Twilio both post within milliseconds). The dispatcher locks the reminder, then
+    writes the delivery; the callback must take its locks in the same order, or each waits for
+    the other and PostgreSQL kills one (found as a flaky end-to-end test: the dispatcher's
+    outcome was the one lost, leaving the batch to its lease)."""
+    rt = on_postgres()
+    [rid] = backlog(rt, 1)
+    sid = "SM" + "5" * 32
+    with rt.sessions() as s, s.begin():
+        assert queries.claim_due(s, "d1", now=NOW, limit=1, lease=LEASE) == [rid]
+        row = {"reminder_id": rid, "channel": "sms", "address": "+905431970001", "public_id": "p1"}
+        [delivery_id] = deliveries.start(s, [row])
+        s.execute(update(Delivery).values(provider_message_id=sid))
+    answered: list[str] = []
+    callback = threading.Thread(
+        target=lambda: answered.append(
+            twilio_hooks.handle_status(
+                rt, {"MessageSid": sid, "MessageStatus": "delivered"}, None, NOW
+            )
+        )
+    )
+    with rt.engine.connect() as conn, Session(conn) as dispatcher, dispatcher.begin():
+        assert deliveries.held(dispatcher, [rid], "d1") == {rid}  # as Dispatcher._write does
+        callback.start()
+        waiting = select(func.count()).select_from(text("pg_locks")).where(text("NOT granted"))
+        deadline = time.monotonic() + 10
+        while dispatcher.scalar(waiting) == 0 and callback.is_alive():
+            assert time.monotonic() < deadline, "the callback neither waited nor finished"
+            time.sleep(0.01)
+        # The callback waits on the reminder; the delivery is still free to write.
+        free = select(Delivery.id).where(Delivery.id == delivery_id).with_for_update(nowait=True)
+        assert dispatcher.scalar(free) == delivery_id
+        deliveries.mark_sent(dispatcher, [rid], "d1", channel="sms", now=NOW)
+    callback.join(10)
+    assert answered == ["applied"]
+    with rt.sessions() as s:
+        assert s.get_one(Reminder, rid).status == "sent"
+        assert s.get_one(Delivery, delivery_id).status == "delivered"
