@@ -8,13 +8,15 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
 
+import pytest
 from sqlalchemy import event, select, update
 
-from reminders import consents
+from reminders import consents, plan_store
+from reminders.importing.bulk import reminder_row
 from reminders.models import Channel, Reminder, Treatment
 from reminders.plan_store import contacts_by_id
 from reminders.planner import mark_patient_changed, plan_group, plan_groups, plan_pending
-from reminders.planning import usable_channels
+from reminders.planning import PlannedReminder, usable_channels
 from reminders.runtime import Runtime
 from tests import factories
 
@@ -351,7 +353,10 @@ def statements(rt: Runtime) -> Iterator[list[str]]:
         event.remove(rt.engine, "before_cursor_execute", record)
 
 
-def test_a_batch_of_groups_is_planned_as_each_group_alone(runtime) -> None:
+@pytest.mark.parametrize("copy_rows", [plan_store.COPY_ROWS, 1], ids=["arrays", "copy"])
+def test_a_batch_of_groups_is_planned_as_each_group_alone(runtime, monkeypatch, copy_rows) -> None:
+    """(On PostgreSQL, many new reminders go in by COPY: both ways are checked.)"""
+    monkeypatch.setattr(plan_store, "COPY_ROWS", copy_rows)
     cervical = runtime.protocols["cervical_dystonia"]
     together, alone = changed_clinic(runtime), changed_clinic(runtime)
     # A staff edit drops a step the "edited" group has planned.
@@ -464,3 +469,36 @@ def test_objects_the_callers_session_holds_see_what_planning_wrote(runtime) -> N
         assert treatment.needs_plan is False
         assert {(r.status, r.reason) for r in held} == {("cancelled", "inactive")}
     assert {v[:2] for v in steps(runtime, t).values()} == {("cancelled", "inactive")}
+
+
+@pytest.mark.parametrize("copy_rows", [plan_store.COPY_ROWS, 1], ids=["arrays", "copy"])
+def test_inserting_reminders_skips_the_ones_a_concurrent_planner_wrote(
+    runtime, monkeypatch, copy_rows
+) -> None:
+    monkeypatch.setattr(plan_store, "COPY_ROWS", copy_rows)
+    first, second = add_treatment(runtime, "2026-02-20"), add_treatment(runtime, "2026-02-20")
+    plan_groups_of(runtime, [first], MAR_4)
+    before = steps(runtime, first)
+    with runtime.sessions() as s, s.begin():
+        t = {i: s.get_one(Treatment, i) for i in (first, second)}
+        rows = [
+            reminder_row(
+                i,
+                t[i].patient_id,
+                t[i].protocol,
+                PlannedReminder(
+                    step,
+                    (MAR_4 + dt.timedelta(days=n)).date(),
+                    MAR_4 + dt.timedelta(days=n),
+                    MAR_4 + dt.timedelta(days=n + 7),
+                ),
+            )
+            for i in (first, second)
+            for n, step in enumerate(("upcoming", "due"))
+        ]
+        assert plan_store.insert_reminders(s, rows) == {t[second].protocol: 2}
+    assert steps(runtime, first) == before  # untouched
+    assert {k: v[2] for k, v in steps(runtime, second).items()} == {
+        "upcoming": MAR_4,
+        "due": MAR_4 + dt.timedelta(days=1),
+    }
