@@ -16,7 +16,8 @@ from __future__ import annotations
 import datetime as dt
 import threading
 from collections import Counter
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -35,6 +36,7 @@ from reminders.runtime import Runtime
 log = get_logger(__name__)
 
 BATCH = 2000  # groups read and written together by plan_groups
+Progress = Callable[[int], None]
 RS = ReminderStatus
 
 
@@ -68,22 +70,67 @@ def plan_groups(
     groups: Iterable[tuple[int, str]],
     *,
     now: dt.datetime,
+    progress: Progress | None = None,
 ) -> int:
     """Plan these (patient, protocol) groups in the caller's transaction; returns rows written.
 
     Groups go in batches of :data:`BATCH`, each read with a few queries and written with a
-    few statements."""
+    few statements. With several batches on PostgreSQL, a batch's writes run on a helper
+    thread while the next batch is decided in Python (the server works while Python does), on
+    the caller's connection, one statement at a time: the next batch is read before the
+    writes start. (SQLite does its work in this process: nothing to overlap.)
+    ``progress`` is told how many groups each written batch held."""
     session.flush()  # the writes below go around the ORM: the caller's changes first
     ordered = sorted(set(groups))
+    batches = [ordered[i : i + BATCH] for i in range(0, len(ordered), BATCH)]
+    if len(batches) <= 1 or session.get_bind().dialect.name != "postgresql":
+        return sum(
+            _write(
+                session,
+                runtime,
+                _decide_batch(runtime, _read(session, runtime, b, now), now),
+                progress,
+            )
+            for b in batches
+        )
     written = 0
-    for start in range(0, len(ordered), BATCH):
-        written += _plan_batch(session, runtime, ordered[start : start + BATCH], now=now)
+    with ThreadPoolExecutor(1, thread_name_prefix="plan-write") as pool:
+        writing: Future[int] | None = None
+        decided: _Batch | None = None
+        try:
+            for batch in batches:
+                if writing is not None:
+                    written += writing.result()  # the connection is free again
+                    writing = None
+                read = _read(session, runtime, batch, now)
+                if decided is not None:
+                    writing = pool.submit(_write, session, runtime, decided, progress)
+                decided = _decide_batch(runtime, read, now)
+        finally:
+            if writing is not None:  # also when deciding failed: never leave it mid-statement
+                written += writing.result()
+        assert decided is not None
+        written += _write(session, runtime, decided, progress)
     return written
 
 
-def _plan_batch(
-    session: Session, runtime: Runtime, groups: list[Group], *, now: dt.datetime
-) -> int:
+@dataclass
+class _Batch:
+    """A batch of groups as read, then as decided."""
+
+    groups: list[Group]
+    treatments: dict[Group, list[TreatmentRow]]
+    reminders: dict[int, list[ReminderRow]]
+    pending: dict[int, list[int]]
+    patients: dict[int, Contact]
+    writes: Writes = field(default_factory=Writes)
+
+    @property
+    def flagged(self) -> list[int]:
+        return [t.id for found in self.treatments.values() for t in found if t.needs_plan]
+
+
+def _read(session: Session, runtime: Runtime, groups: list[Group], now: dt.datetime) -> _Batch:
     treatments = plan_store.treatments_of(session, groups)
     every = [t for found in treatments.values() for t in found]
     latest_ids = {t.id for t in map(_latest, treatments.values()) if t is not None}
@@ -104,13 +151,29 @@ def _plan_batch(
         ):
             needed.add(patient_id)
     patients = plan_store.contacts_by_id(session, needed)
+    return _Batch(groups, treatments, reminders, pending, patients)
 
-    writes = Writes()
-    for group in groups:
-        if group in treatments:
-            patient = patients.get(group[0])
-            _decide(runtime, treatments[group], reminders, pending, patient, writes, now=now)
 
+def _decide_batch(runtime: Runtime, batch: _Batch, now: dt.datetime) -> _Batch:
+    for group in batch.groups:
+        if group in batch.treatments:
+            patient = batch.patients.get(group[0])
+            _decide(
+                runtime,
+                batch.treatments[group],
+                batch.reminders,
+                batch.pending,
+                patient,
+                batch.writes,
+                now=now,
+            )
+    return batch
+
+
+def _write(
+    session: Session, runtime: Runtime, batch: _Batch, progress: Progress | None = None
+) -> int:
+    writes = batch.writes
     written = 0
     for reason, ids in writes.cancel.items():
         written += plan_store.cancel(session, reason, ids)
@@ -118,9 +181,11 @@ def _plan_batch(
     written += len(writes.reopen)
     inserted = plan_store.insert_reminders(session, writes.insert)
     written += sum(inserted.values())
-    plan_store.clear_needs_plan(session, [t.id for t in every if t.needs_plan])
+    plan_store.clear_needs_plan(session, batch.flagged)
     for code, count in (writes.planned + inserted).items():
         runtime.metrics.planned.labels(code).inc(count)
+    if progress:
+        progress(len(batch.groups))
     return written
 
 

@@ -274,12 +274,16 @@ def _replan_patients(
 
 
 def plan_groups(
-    session: Session, runtime: Runtime, groups: Collection[Group], now: dt.datetime
+    session: Session,
+    runtime: Runtime,
+    groups: Collection[Group],
+    now: dt.datetime,
+    progress: planner.Progress | None = None,
 ) -> None:
     """Plan these (patient, protocol) groups in the caller's transaction: one call of the
     set-based planner, which reads and writes a batch of groups with a few statements."""
     if groups:
-        planner.plan_groups(session, runtime, groups, now=now)
+        planner.plan_groups(session, runtime, groups, now=now, progress=progress)
 
 
 # Treatments

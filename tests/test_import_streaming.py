@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 from sqlalchemy import delete, select, update
 
+from reminders import planner
 from reminders.importing import csv as importing
 from reminders.importing.csv import CsvFileError, import_csv
 from reminders.models import Patient, Reminder, Treatment
@@ -32,7 +33,10 @@ CHUNK = 3
 
 @pytest.fixture(autouse=True)
 def small_chunks(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Many chunks, and groups planned in many batches: on PostgreSQL a chunk (and a batch)
+    is written on a helper thread while the next one is parsed (decided)."""
     monkeypatch.setattr(importing, "CHUNK_ROWS", CHUNK)
+    monkeypatch.setattr(planner, "BATCH", 2)
 
 
 def patient_rows(n: int) -> list[str]:
@@ -64,6 +68,20 @@ def test_treatments_a_bad_row_in_the_last_chunk_rolls_back_the_written_chunks(
         "line 9, column patient_external_id: no patient 'p404'"
     ]
     assert report.refused
+    assert (count(runtime, Treatment), count(runtime, Reminder)) == (0, 0)
+
+
+def test_an_unknown_patient_in_a_middle_chunk_stops_the_chunks_after_it(
+    runtime: Runtime, now: dt.datetime, tmp_path: Path
+) -> None:
+    run(runtime, "patients", patients_csv(tmp_path, AYSE, HANS), now)
+    rows = [f"t{i},p{i % 2 + 1},chronic_migraine,2026-01-{i + 1:02d},,," for i in range(12)]
+    rows[4] = "t4,p404,chronic_migraine,2026-01-05,,,"  # line 6, the second chunk of four
+    report = run(runtime, "treatments", treatments_csv(tmp_path, *rows), now)
+    assert [e.describe() for e in report.errors] == [
+        "line 6, column patient_external_id: no patient 'p404'"
+    ]
+    assert report.refused and report.counts.changed == 0
     assert (count(runtime, Treatment), count(runtime, Reminder)) == (0, 0)
 
 

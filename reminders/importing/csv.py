@@ -19,7 +19,9 @@ from __future__ import annotations
 import codecs
 import csv
 import datetime as dt
+import threading
 from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
@@ -53,7 +55,6 @@ Kind = Literal["patients", "treatments"]
 DELIMITERS = (",", ";", "\t")
 CHUNK_ROWS = 2000  # rows read, checked and written together
 PLAN_BACKLOG = 400_000  # (patient, protocol) groups kept to plan once, at the end
-PLAN_SLICE = 10_000  # groups per call of the planner (it batches them itself)
 OWNER_CACHE = 400_000  # patients' ids kept in memory by external id
 COLUMNS: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {  # (required, optional)
     "patients": (PATIENT_FIELDS, PATIENT_OPTIONAL_FIELDS),
@@ -274,6 +275,7 @@ class _Import:
         self.session, self.runtime, self.scan = session, runtime, scan
         self.rules, self.now, self.progress = rules, now, progress
         self.skip_invalid = skip_invalid
+        self.stepping = threading.Lock()
         # A repeated external id is a bad row: without skip_invalid, nothing is to be written.
         self.refusing = bool(scan.repeated) and not skip_invalid
         self.report = Report(scan.kind, rows=scan.rows)
@@ -288,22 +290,41 @@ class _Import:
     def all_rows(self) -> None:
         rows = _rows(self.scan.path, self.scan.delimiter)
         header = _header_of(rows, self.scan.kind)
-        chunk: list[tuple[int, list[str]]] = []
-        for row in rows:
-            chunk.append(row)
-            if len(chunk) == CHUNK_ROWS:
-                self.chunk(header, chunk)
-                chunk = []
+        # On PostgreSQL a chunk's database work (its patients looked up, its rows written) runs
+        # on a helper thread while the next chunk is parsed: the server works while Python
+        # does. One statement at a time on the connection, chunks in file order.
+        overlap = self.session.get_bind().dialect.name == "postgresql"
+        with ThreadPoolExecutor(1, thread_name_prefix="import-write") as pool:
+            storing: Future[None] | None = None
+            try:
+                chunk: list[tuple[int, list[str]]] = []
+                for row in rows:
+                    chunk.append(row)
+                    if len(chunk) == CHUNK_ROWS:
+                        checked = self.check(header, chunk)
+                        if storing is not None:
+                            storing.result()  # the previous chunk is in; its errors counted
+                            storing = None
+                        if overlap:
+                            storing = pool.submit(self.store, checked, len(chunk))
+                        else:
+                            self.store(checked, len(chunk))
+                        chunk = []
+            finally:
+                if storing is not None:  # also when reading failed: never mid-statement
+                    storing.result()
         if chunk:
-            self.chunk(header, chunk)
+            self.store(self.check(header, chunk), len(chunk))
         self.finish()
 
-    def chunk(self, header: list[str], rows: list[tuple[int, list[str]]]) -> None:
-        checked = self.check(header, rows)
+    def store(self, checked: _Chunk, count: int) -> None:
+        """The database part of a chunk of ``count`` rows as :meth:`check` left them."""
+        if self.scan.kind == "treatments":
+            self.drop_unknown_patients(checked)
         self.report.errors += checked.errors
         self.refusing = self.refusing or bool(checked.errors and not self.skip_invalid)
         if self.refusing:
-            self.step(len(rows))  # all or nothing: nothing more is written
+            self.step(count)  # all or nothing: nothing more is written
             return
         records = [r for _, r in checked.records]
         if self.scan.kind == "patients":
@@ -326,15 +347,17 @@ class _Import:
             # later: the progress bar keeps moving through it.
             hold = len(treatments) // 2
             self.held += hold
-            self.step(len(rows) - hold)
+            self.step(count - hold)
             self.report.counts.add(outcomes)
             if len(self.to_plan) >= PLAN_BACKLOG:
                 self.plan()
             return
         self.report.counts.add(outcomes)
-        self.step(len(rows))
+        self.step(count)
 
     def check(self, header: list[str], rows: list[tuple[int, list[str]]]) -> _Chunk:
+        """Parse and validate a chunk (no database: it may run while another chunk is being
+        written); unknown patients are found by :meth:`store`."""
         checked = _Chunk()
         good, errors = checked.records, checked.errors
         width, parse, rules, repeated = len(header), self.parse, self.rules, self.scan.repeated
@@ -355,8 +378,6 @@ class _Import:
         self.step(len(rows) % PROGRESS_STEP)
         if repeated:
             self.drop_repeated(checked)
-        if self.scan.kind == "treatments":
-            self.drop_unknown_patients(checked)
         return checked
 
     def drop_repeated(self, checked: _Chunk) -> None:
@@ -406,17 +427,23 @@ class _Import:
         self.report.written = True
 
     def plan(self) -> None:
-        """Plan the groups written so far, :data:`PLAN_SLICE` at a time."""
+        """Plan the groups written so far (one call: the planner batches them itself and says
+        when each batch is written, for the progress bar)."""
         groups, held = sorted(self.to_plan), self.held
         self.to_plan, self.held = set(), 0
-        reported = 0
-        for start in range(0, len(groups), PLAN_SLICE):
-            plan_groups(self.session, self.runtime, groups[start : start + PLAN_SLICE], self.now)
-            done = held * min(start + PLAN_SLICE, len(groups)) // len(groups)
+        planned, reported = 0, 0
+
+        def batch_written(count: int) -> None:
+            nonlocal planned, reported
+            planned += count
+            done = held * planned // len(groups)
             self.step(done - reported)
             reported = done
+
+        plan_groups(self.session, self.runtime, groups, self.now, progress=batch_written)
         self.step(held - reported)
 
     def step(self, rows: int) -> None:
         if self.progress and rows:
-            self.progress(rows)
+            with self.stepping:  # checking and storing move it from two threads
+                self.progress(rows)
