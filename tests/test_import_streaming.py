@@ -6,7 +6,7 @@ import datetime as dt
 from pathlib import Path
 
 import pytest
-from sqlalchemy import delete, select, update
+from sqlalchemy import delete, event, select, update
 
 from reminders import planner
 from reminders.importing import csv as importing
@@ -234,3 +234,36 @@ def test_progress_counts_every_treatment_twice_planning_included(
     )
     assert report.refused is bad
     assert sum(steps) == 2 * 11 and all(s > 0 for s in steps)
+
+
+@pytest.mark.parametrize(("rows", "analyzed"), [(2, False), (4, True)])
+def test_a_big_import_refreshes_the_statistics_of_what_it_wrote(
+    runtime: Runtime,
+    now: dt.datetime,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    rows: int,
+    analyzed: bool,
+) -> None:
+    """A first import fills empty tables: PostgreSQL then plans the treatments' lookups (and
+    the planning after them) for tables it believes empty until autovacuum gets there, after
+    the commit. The import runs ANALYZE itself once it has written enough rows."""
+    if runtime.engine.dialect.name != "postgresql":
+        pytest.skip("planner statistics: PostgreSQL")
+    monkeypatch.setattr(importing, "ANALYZE_ROWS", 4)
+    seen: list[str] = []
+    listen = "before_cursor_execute"
+
+    def record(_conn: object, _cursor: object, statement: str, *_: object) -> None:
+        seen.append(statement)
+
+    event.listen(runtime.engine, listen, record)
+    try:
+        run(runtime, "patients", patients_csv(tmp_path, *patient_rows(rows)), now)
+        treatments = [f"t{i},p{i},chronic_migraine,2026-01-05,,," for i in range(rows)]
+        run(runtime, "treatments", treatments_csv(tmp_path, *treatments), now)
+    finally:
+        event.remove(runtime.engine, listen, record)
+    expected = ["ANALYZE patients, consents", "ANALYZE treatments"] if analyzed else []
+    assert [s for s in seen if s.startswith("ANALYZE")] == expected
+    assert count(runtime, Reminder) == 3 * rows

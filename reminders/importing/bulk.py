@@ -7,7 +7,7 @@ import datetime as dt
 from collections.abc import Iterable, Iterator, Sequence
 from typing import Any, TypeVar
 
-from sqlalchemy import ColumnElement, any_, bindparam, select
+from sqlalchemy import ColumnElement, any_, bindparam, select, text
 from sqlalchemy.dialects.postgresql import ARRAY
 from sqlalchemy.orm import QueryableAttribute, Session
 
@@ -16,6 +16,9 @@ from reminders.planning import PlannedReminder, step_date, window_for
 from reminders.protocols import Protocol
 
 CHUNK = 5000  # values per lookup statement (SQLite allows 32766 parameters)
+# An import that writes at least this many rows refreshes the planner statistics of what it
+# wrote (see :func:`analyze`).
+ANALYZE_ROWS = 10_000
 T = TypeVar("T")
 Group = tuple[int, str]  # (patient id, protocol)
 
@@ -33,6 +36,16 @@ def among(
     if session.get_bind().dialect.name == "postgresql":
         return column == any_(bindparam(None, list(values), type_=ARRAY(column.type)))
     return column.in_(list(values))
+
+
+def analyze(session: Session, *tables: str) -> None:
+    """Fresh PostgreSQL planner statistics for ``tables``, which an import has just filled:
+    without them a first import's lookups are planned for the empty tables the statistics
+    still describe (1M treatments after 250k new patients: 57.5 s without, 46.3 s with).
+    Inside the import's transaction, whose rows ANALYZE counts; autovacuum would get there
+    only after the commit. SQLite plans without such statistics."""
+    if session.get_bind().dialect.name == "postgresql":
+        session.execute(text("ANALYZE " + ", ".join(tables)))
 
 
 def patient_ids(session: Session, external_ids: Iterable[str]) -> dict[str, int]:

@@ -30,7 +30,7 @@ from sqlalchemy.orm import Session
 
 from reminders import protocol_store
 from reminders.importing.batch import PROGRESS_STEP, RowError
-from reminders.importing.bulk import patient_ids
+from reminders.importing.bulk import ANALYZE_ROWS, analyze, patient_ids
 from reminders.records import (
     PATIENT_FIELDS,
     PATIENT_OPTIONAL_FIELDS,
@@ -276,6 +276,7 @@ class _Import:
         self.rules, self.now, self.progress = rules, now, progress
         self.skip_invalid = skip_invalid
         self.stepping = threading.Lock()
+        self.analyzed = 0  # rows written when the statistics were last refreshed
         # A repeated external id is a bad row: without skip_invalid, nothing is to be written.
         self.refusing = bool(scan.repeated) and not skip_invalid
         self.report = Report(scan.kind, rows=scan.rows)
@@ -424,11 +425,17 @@ class _Import:
             self.step(self.held)
             return
         self.plan()
+        if self.scan.kind == "patients" and self.report.counts.changed >= ANALYZE_ROWS:
+            analyze(self.session, "patients", "consents")  # for the treatments' import next
         self.report.written = True
 
     def plan(self) -> None:
         """Plan the groups written so far (one call: the planner batches them itself and says
         when each batch is written, for the progress bar)."""
+        fresh = self.report.counts.changed - self.analyzed
+        if self.to_plan and self.scan.kind == "treatments" and fresh >= ANALYZE_ROWS:
+            analyze(self.session, "treatments")  # planning reads what was just written
+            self.analyzed = self.report.counts.changed
         groups, held = sorted(self.to_plan), self.held
         self.to_plan, self.held = set(), 0
         planned, reported = 0, 0
