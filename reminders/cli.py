@@ -267,7 +267,8 @@ def _register_commands() -> None:
 _register_commands()
 
 
-def run_cli() -> None:  # pragma: no cover - the `reminders` command and python -m reminders
+def tune_interpreter() -> None:
+    """The interpreter settings of a ``reminders`` process (the benchmarks' workers too)."""
     # Imports, planning and dispatch allocate many short-lived objects and few cycles: the
     # default (collect after every 700 allocations) cost 12% of an import's time.
     gc.set_threshold(GC_THRESHOLD, 50, 100)
@@ -275,6 +276,10 @@ def run_cli() -> None:  # pragma: no cover - the `reminders` command and python 
     # give up the GIL: 5 ms by default, a convoy once an import writes on one thread while it
     # parses on another (1M rows: 59 s against 50 s with 0.5 ms).
     sys.setswitchinterval(SWITCH_INTERVAL)
+
+
+def run_cli() -> None:  # pragma: no cover - the `reminders` command and python -m reminders
+    tune_interpreter()
     main(prog_name="reminders")
 
 

@@ -7,13 +7,14 @@ import time
 from email.utils import format_datetime
 
 import pytest
+import requests
 from hypothesis import given
 from hypothesis import strategies as st
 from jsonschema import Draft7Validator
 
 from reminders.channels import ChannelError, ErrorKind, segments
 from reminders.channels.sms import SmsSender
-from reminders.channels.twilio_common import Twilio
+from reminders.channels.twilio_common import Twilio, _EnvironmentOnce
 from reminders.settings import Settings
 from tests.fakes import FakeTwilio
 from tests.fakes.twilio import SCHEMA, num_segments
@@ -210,3 +211,26 @@ def test_segments_are_counted_as_the_network_bills_them(body, encoding, parts) -
 @given(st.text(alphabet=st.sampled_from("abcXYZ019 .,?!@£$äöñüÇ\nıİşŞğĞçÇ"), max_size=400))
 def test_segment_counts_agree_with_the_fakes_reckoning(body: str) -> None:
     assert segments.count(body).segments == num_segments(body)
+
+
+def test_the_twilio_session_reads_the_proxy_and_ca_settings_once_per_host(
+    monkeypatch: pytest.MonkeyPatch, tmp_path
+) -> None:
+    """requests reads them from the environment on every call; the senders' session reads
+    them once per host (with NO_PROXY still applied per host), with requests' own answers."""
+    bundle = tmp_path / "ca.pem"
+    bundle.write_text("")
+    monkeypatch.setenv("HTTPS_PROXY", "http://proxy.example:3128")
+    monkeypatch.setenv("NO_PROXY", "127.0.0.1")
+    monkeypatch.setenv("REQUESTS_CA_BUNDLE", str(bundle))
+    session, plain = _EnvironmentOnce(), requests.Session()
+    api, local = "https://api.twilio.com/2010-04-01/Accounts", "https://127.0.0.1:8443/x"
+    for url in (api, local):
+        expected = plain.merge_environment_settings(url, {}, None, None, None)
+        assert session.merge_environment_settings(url, {}, None, None, None) == expected
+    proxies = session.merge_environment_settings(api, {}, None, None, None)["proxies"]
+    assert proxies["https"] == "http://proxy.example:3128"
+    assert session.merge_environment_settings(local, {}, None, None, None)["verify"] == str(bundle)
+    monkeypatch.setenv("HTTPS_PROXY", "http://elsewhere.example:3128")
+    later = session.merge_environment_settings(api + "/Messages.json", {}, None, None, None)
+    assert later["proxies"]["https"] == "http://proxy.example:3128"  # read once

@@ -27,6 +27,7 @@ from typing import Any
 from reminders.channels import Sender
 from reminders.channels.console import ConsoleSender
 from reminders.channels.registry import build_senders
+from reminders.cli import tune_interpreter
 from reminders.dispatch import Dispatcher
 from reminders.logs import configure
 from reminders.runtime import Runtime, build_runtime
@@ -149,6 +150,7 @@ def _ready() -> float:
 
 
 def main() -> None:
+    tune_interpreter()  # as in a `reminders` process, for the bare SDK too
     args = json.loads(sys.argv[1])
     result = {"drain": drain, "bare": bare}[args["mode"]](args)
     result["maxrss_kb"] = peak_rss_kb()
