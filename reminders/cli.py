@@ -5,8 +5,6 @@ from __future__ import annotations
 
 import datetime as dt
 import functools
-import gc
-import sys
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any
@@ -18,14 +16,13 @@ from sqlalchemy.exc import ArgumentError, DBAPIError, NoSuchModuleError
 
 from reminders import migrate as migrations
 from reminders.channels.registry import build_senders, channel_status
+from reminders.interpreter import tune_interpreter
 from reminders.logs import configure as configure_logging
 from reminders.logs import get_logger
 from reminders.runtime import Runtime, build_runtime
 from reminders.settings import ConfigError, Settings, env_name, load_settings
 
 log = get_logger("reminders.cli")
-SWITCH_INTERVAL = 0.0005  # seconds
-GC_THRESHOLD = 100_000  # allocations between young-generation collections
 
 
 def _settings(**overrides: Any) -> Settings:
@@ -265,17 +262,6 @@ def _register_commands() -> None:
 
 
 _register_commands()
-
-
-def tune_interpreter() -> None:
-    """The interpreter settings of a ``reminders`` process (the benchmarks' workers too)."""
-    # Imports, planning and dispatch allocate many short-lived objects and few cycles: the
-    # default (collect after every 700 allocations) cost 12% of an import's time.
-    gc.set_threshold(GC_THRESHOLD, 50, 100)
-    # A thread back from the database or the network waits for the one running Python to
-    # give up the GIL: 5 ms by default, a convoy once an import writes on one thread while it
-    # parses on another (1M rows: 59 s against 50 s with 0.5 ms).
-    sys.setswitchinterval(SWITCH_INTERVAL)
 
 
 def run_cli() -> None:  # pragma: no cover - the `reminders` command and python -m reminders

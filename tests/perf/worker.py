@@ -27,8 +27,8 @@ from typing import Any
 from reminders.channels import Sender
 from reminders.channels.console import ConsoleSender
 from reminders.channels.registry import build_senders
-from reminders.cli import tune_interpreter
 from reminders.dispatch import Dispatcher
+from reminders.interpreter import tune_interpreter
 from reminders.logs import configure
 from reminders.runtime import Runtime, build_runtime
 from reminders.service import process_owner
