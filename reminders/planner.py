@@ -83,17 +83,9 @@ def plan_groups(
     session.flush()  # the writes below go around the ORM: the caller's changes first
     ordered = sorted(set(groups))
     batches = [ordered[i : i + BATCH] for i in range(0, len(ordered), BATCH)]
-    if len(batches) <= 1 or session.get_bind().dialect.name != "postgresql":
-        return sum(
-            _write(
-                session,
-                runtime,
-                _decide_batch(runtime, _read(session, runtime, b, now), now),
-                progress,
-            )
-            for b in batches
-        )
+    overlap = len(batches) > 1 and session.get_bind().dialect.name == "postgresql"
     written = 0
+    # No thread starts until something is submitted: one batch, or SQLite, runs inline.
     with ThreadPoolExecutor(1, thread_name_prefix="plan-write") as pool:
         writing: Future[int] | None = None
         decided: _Batch | None = None
@@ -103,14 +95,17 @@ def plan_groups(
                     written += writing.result()  # the connection is free again
                     writing = None
                 read = _read(session, runtime, batch, now)
-                if decided is not None:
-                    writing = pool.submit(_write, session, runtime, decided, progress)
+                if decided is not None:  # the previous batch: written while this one is decided
+                    if overlap:
+                        writing = pool.submit(_write, session, runtime, decided, progress)
+                    else:
+                        written += _write(session, runtime, decided, progress)
                 decided = _decide_batch(runtime, read, now)
         finally:
             if writing is not None:  # also when deciding failed: never leave it mid-statement
                 written += writing.result()
-        assert decided is not None
-        written += _write(session, runtime, decided, progress)
+        if decided is not None:
+            written += _write(session, runtime, decided, progress)
     return written
 
 
