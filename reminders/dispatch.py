@@ -6,11 +6,16 @@ staff templates are read in a few queries; the moot ones (expired, deleted, supe
 inactive, outside the send window, no channel) are ended or put back with bulk statements; the
 rest are rendered. Provider calls run on the worker threads with no transaction open.
 
-A delivery row is written (``sending``) and committed before its provider call, and no more
-deliveries are ``sending`` at once than calls can be in flight (``dispatch_concurrency``), so a
-crash leaves at most that many in doubt. Workers queue what their calls came to; one
+A delivery row is written (``sending``) and committed before its provider call, and by default
+no more deliveries are ``sending`` at once than calls can be in flight (``dispatch_concurrency``),
+so a crash leaves at most that many in doubt. Workers queue what their calls came to; one
 transaction writes every queued outcome (group commit, ``executemany``) together with the rows
-of the attempts that take the freed places, and only then are those calls made. A permanent
+of the attempts that take the freed places, and only then are those calls made. With
+``dispatch_ahead`` > 0, each worker also has that many attempts written ahead, waiting for it:
+a worker that finishes a call starts the next at once instead of waiting for that commit, and
+each commit covers more outcomes (faster where no rate limit holds the sends back); a crash
+then leaves those in doubt too, but only the calls in flight can have reached the provider (at
+most one duplicate each, as before): the others are sent after the grace period. A permanent
 failure (or a template that does not render) falls back to the patient's next channel in
 another round within the batch; a call that went out but got no answer (``in_doubt``) is
 neither retried nor failed over: it waits for the provider's word or the grace period, like a
@@ -37,7 +42,7 @@ from zoneinfo import ZoneInfo
 from sqlalchemy.orm import Session
 
 from reminders import db, deliveries, queries, template_store
-from reminders.channels import ChannelError, OutboundMessage, calendar, segments
+from reminders.channels import ChannelError, ErrorKind, OutboundMessage, calendar, segments
 from reminders.deliveries import Claimed
 from reminders.logs import get_logger
 from reminders.models import Channel, DeliveryStatus, ReminderStatus, Treatment
@@ -56,6 +61,7 @@ NO_CHANNEL_ERROR = "no configured channel is available"
 CLOSE_SECONDS = 5.0  # how long close() waits for provider calls in flight
 POLL_SECONDS = 0.2  # how often the dispatcher looks at close() while sends are in flight
 CONFLICT_TRIES = 5  # a step the database rolled back for a lock conflict is run again
+PAUSED_MESSAGE = "not sent: the channel was paused by a misconfiguration error"
 
 __all__ = ["Attempt", "ChannelPauses", "Dispatcher"]
 
@@ -98,9 +104,8 @@ class Dispatcher:
         self._outbox: list[Done] = []  # finished attempts waiting to be recorded
         self._outbox_lock = threading.Lock()
         threads = max(1, s.dispatch_concurrency)
-        # No more deliveries ``sending`` at once than calls in flight (a crash leaves at most
-        # that many in doubt); ``max_sending`` is for measuring what the bound costs.
-        self._max_sending = max_sending or threads
+        # What a crash can leave in doubt; ``max_sending`` is for tests and measurements.
+        self._max_sending = max_sending or threads * (1 + max(0, s.dispatch_ahead))
         self._pool = WorkerPool(threads, "dispatch")
 
     def close(self, timeout: float = CLOSE_SECONDS) -> None:
@@ -352,8 +357,13 @@ class Dispatcher:
         ]
 
     def _call(self, attempt: Attempt) -> Done:
+        message = attempt.message
+        if self.pauses.paused(message.channel):
+            # Paused by a call that ended while this one waited for a worker: the address may
+            # be fine, so the next round tries the patient's next channel.
+            paused = ChannelError(ErrorKind.MISCONFIGURED, PAUSED_MESSAGE, code="channel_paused")
+            return Done(attempt, error=paused)
         if not self.stopping.is_set():
-            message = attempt.message
             self.limiters[message.channel].acquire(self.stopping, cost=_slots(message))
         if self.stopping.is_set():
             return Done(attempt)

@@ -85,6 +85,7 @@ class Settings(BaseModel):
     )
     dispatch_batch_size: int = _env(100, "REMINDERS_DISPATCH_BATCH_SIZE", "dispatch_batch_size")
     dispatch_concurrency: int = _env(4, "REMINDERS_DISPATCH_CONCURRENCY", "dispatch_concurrency")
+    dispatch_ahead: int = _env(0, "REMINDERS_DISPATCH_AHEAD", "dispatch_ahead")
     lease_seconds: int = _env(300, "REMINDERS_LEASE_SECONDS", "lease_seconds")
     in_doubt_grace_seconds: int = _env(
         900, "REMINDERS_IN_DOUBT_GRACE_SECONDS", "in_doubt_grace_seconds"
@@ -179,6 +180,13 @@ class Settings(BaseModel):
     def _positive_int(cls, value: int) -> int:
         if value <= 0:
             raise ValueError("must be greater than 0")
+        return value
+
+    @validator("dispatch_ahead")
+    @classmethod
+    def _not_negative(cls, value: int) -> int:
+        if value < 0:
+            raise ValueError("must be 0 or more")
         return value
 
     @validator("webhook_max_age_seconds")

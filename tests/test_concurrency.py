@@ -158,7 +158,9 @@ def assert_each_claimed_once(make: RuntimeFactory) -> None:
     assert first and second  # both took part
 
 
-def assert_each_sent_once(make: RuntimeFactory, sender: RecordingSender) -> None:
+def assert_each_sent_once(
+    make: RuntimeFactory, sender: RecordingSender, *, both_send: bool = True
+) -> None:
     a, b = make(), make()
     ids = backlog(a, BACKLOG)
     one, two = Dispatcher(a, "one"), Dispatcher(b, "two")
@@ -167,7 +169,9 @@ def assert_each_sent_once(make: RuntimeFactory, sender: RecordingSender) -> None
     finally:
         one.close(timeout=1)
         two.close(timeout=1)
-    assert all(isinstance(o, Counter) and o["sent"] > 0 for o in outcomes)  # both sent some
+    assert all(isinstance(o, Counter) for o in outcomes)
+    if both_send:  # the run really was concurrent
+        assert all(isinstance(o, Counter) and o["sent"] > 0 for o in outcomes)
     assert sorted(Counter(m.reminder_id for m in sender.attempts).items()) == [(i, 1) for i in ids]
     with a.sessions() as s:
         statuses = Counter(s.scalars(select(Reminder.status)))
@@ -195,7 +199,10 @@ def test_two_sqlite_dispatchers_claiming_at_once_never_share_a_reminder(on_sqlit
 def test_two_sqlite_dispatchers_sending_a_backlog_at_once_send_each_reminder_once(
     on_sqlite, sender
 ) -> None:
-    assert_each_sent_once(on_sqlite, sender)
+    # SQLite's busy handler sleeps while it waits for the write lock, so the dispatcher that
+    # took it first can win every claim (1 run in 25 here): that one sends the whole backlog.
+    # What must hold either way is that each reminder goes out once.
+    assert_each_sent_once(on_sqlite, sender, both_send=False)
 
 
 @pytest.mark.postgres

@@ -1,10 +1,11 @@
 """Dispatch around the claimed batch: one transaction prepares the batch, outcomes are written
-with group commit, and no more deliveries are ``sending`` at once than calls can be in flight.
+with group commit, and deliveries ``sending`` stay within a bound of the calls in flight.
 
 The per-reminder behaviour (each moot case, fallback, retries, in doubt, shutdown) is pinned by
-``test_dispatch.py`` and the fault tests; here: a batch mixing all of them, the bound on
-deliveries left ``sending`` (what a crash could leave in doubt), the statements a batch costs,
-and the paused-channel gauge going back to 0.
+``test_dispatch.py`` and the fault tests; here: a batch mixing all of them, the bounds on
+calls in flight and deliveries left ``sending`` (what a crash could leave in doubt), with and
+without attempts written ahead, those waiting for a worker when their channel pauses, the
+statements a batch costs, and the paused-channel gauge going back to 0.
 """
 
 from __future__ import annotations
@@ -28,7 +29,7 @@ from reminders.outcomes import ChannelPauses
 from reminders.retry import RetryPolicy
 from reminders.runtime import Runtime
 from tests import factories
-from tests.test_dispatch import due
+from tests.test_dispatch import deliveries, due, fail
 from tests.test_dispatch import reminder as row
 
 Senders = dict[str, RecordingSender]
@@ -95,28 +96,84 @@ def test_one_batch_ends_every_moot_kind_in_bulk_falls_back_and_sends_the_rest(
     assert all(row(runtime, rid).claimed_by is None for rid in [*plain, stale, bounced])
 
 
+def sending_at_each_call(
+    runtime: Runtime, senders: Senders, dispatcher: Dispatcher, now: dt.datetime, count: int
+) -> tuple[list[int], list[int]]:
+    """Sends ``count`` due SMS; returns, at each provider call, the calls running and the
+    committed ``sending`` rows."""
+    ids = [due(runtime, now) for _ in range(count)]
+    rows: list[int] = []
+    calls: list[int] = []
+    lock = threading.Lock()
+    running = 0
+
+    def provider(_message: OutboundMessage) -> None:
+        nonlocal running
+        with lock:
+            running += 1
+            calls.append(running)
+        try:
+            with runtime.sessions() as s:
+                sending = s.scalar(
+                    select(func.count()).select_from(Delivery).where(Delivery.status == "sending")
+                )
+            with lock:
+                rows.append(int(sending or 0))
+            time.sleep(0.002)  # the other workers' calls overlap this one
+        finally:
+            with lock:
+                running -= 1
+
+    senders["sms"].script = provider
+    assert dispatcher.run_once(now=now) == {"sent": count}
+    assert sorted(m.reminder_id for m in senders["sms"].sent) == ids
+    assert len(rows) == count
+    return calls, rows
+
+
 def test_no_more_deliveries_are_sending_at_once_than_the_dispatch_concurrency(
     runtime, make_dispatcher, senders, now
 ):
     """What a crash could leave in doubt: at every provider call, the committed ``sending``
     rows are at most the calls that can be in flight."""
-    ids = [due(runtime, now) for _ in range(30)]
-    seen: list[int] = []
-    lock = threading.Lock()
-
-    def provider(_message: OutboundMessage) -> None:
-        with runtime.sessions() as s:
-            count = s.scalar(
-                select(func.count()).select_from(Delivery).where(Delivery.status == "sending")
-            )
-        with lock:
-            seen.append(int(count or 0))
-
-    senders["sms"].script = provider
     dispatcher = make_dispatcher(dispatch_concurrency=3, dispatch_batch_size=20)
-    assert dispatcher.run_once(now=now) == {"sent": 30}
-    assert len(seen) == 30 and max(seen) <= 3
-    assert sorted(m.reminder_id for m in senders["sms"].sent) == ids
+    calls, rows = sending_at_each_call(runtime, senders, dispatcher, now, 30)
+    assert max(calls) <= 3 and max(rows) <= 3
+
+
+def test_attempts_written_ahead_wait_for_a_worker_within_their_bound(
+    runtime, make_dispatcher, senders, now
+):
+    """With ``dispatch_ahead``: still at most ``dispatch_concurrency`` calls at once (only those
+    can have reached the provider when a crash comes), and at most ``1 + dispatch_ahead`` times
+    as many rows ``sending`` (the others wait for a worker)."""
+    dispatcher = make_dispatcher(dispatch_concurrency=3, dispatch_ahead=3, dispatch_batch_size=40)
+    calls, rows = sending_at_each_call(runtime, senders, dispatcher, now, 60)
+    assert max(calls) <= 3
+    assert 3 < max(rows) <= 12  # attempts did wait for a worker
+
+
+def test_attempts_waiting_for_a_worker_when_their_channel_pauses_try_the_next_channel(
+    runtime, make_dispatcher, senders, now
+):
+    """A misconfiguration error pauses the channel; the attempts already written for it that
+    were waiting for a worker are not sent there (no more requests with a bad key) but go to
+    the patient's next channel in the same pass."""
+    first, *waiting = [due(runtime, now) for _ in range(4)]  # SMS, then email
+    senders["sms"].script = fail(ErrorKind.MISCONFIGURED, "20003")
+    dispatcher = make_dispatcher(dispatch_concurrency=1, dispatch_ahead=3)
+    assert dispatcher.run_once(now=now) == {"sent": 4}
+    assert [m.reminder_id for m in senders["sms"].attempts] == [first]
+    assert deliveries(runtime, first) == [
+        ("sms", "failed", False, "20003"),
+        ("email", "accepted", False, None),
+    ]
+    for rid in waiting:
+        assert deliveries(runtime, rid) == [
+            ("sms", "failed", False, "channel_paused"),
+            ("email", "accepted", False, None),
+        ]
+        assert row(runtime, rid).status == "sent"
 
 
 def test_a_batch_costs_a_few_statements_per_reminder_not_a_transaction_each(

@@ -60,6 +60,7 @@ def test_an_empty_variable_counts_as_not_given() -> None:
         ("REMINDERS_SEND_TIME", "25:00", "REMINDERS_SEND_TIME"),
         ("REMINDERS_DELIVERY_MODE", "pigeon", "REMINDERS_DELIVERY_MODE"),
         ("REMINDERS_DISPATCH_INTERVAL", "-1", "REMINDERS_DISPATCH_INTERVAL: must be greater"),
+        ("REMINDERS_DISPATCH_AHEAD", "-1", "REMINDERS_DISPATCH_AHEAD: must be 0 or more"),
         ("REMINDERS_SEND_WINDOW_END", "08:00", "REMINDERS_SEND_WINDOW_START must be before"),
         ("REMINDERS_LOG_LEVEL", "verbose", "REMINDERS_LOG_LEVEL: Input should be 'DEBUG'"),
     ],

@@ -59,6 +59,7 @@ def runtime_for_worker(args: dict[str, Any]) -> Runtime:
         "whatsapp_rate": 1_000_000.0,
         "log_format": "json",
         "dispatch_concurrency": args.get("threads", 4),
+        "dispatch_ahead": args.get("ahead", 0),
         "dispatch_batch_size": args.get("batch", 100),
     }
     if args["sender"] == "twilio":
