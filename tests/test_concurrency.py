@@ -149,13 +149,14 @@ def claim_everything(rt: Runtime, owner: str) -> list[int]:
         claimed += ids
 
 
-def assert_each_claimed_once(make: RuntimeFactory) -> None:
+def assert_each_claimed_once(make: RuntimeFactory, *, both_claim: bool = True) -> None:
     a, b = make(), make()
     ids = backlog(a, BACKLOG)
     first, second = in_parallel(lambda: claim_everything(a, "a"), lambda: claim_everything(b, "b"))
     assert isinstance(first, list) and isinstance(second, list)
     assert sorted(first + second) == ids  # all claimed, none twice
-    assert first and second  # both took part
+    if both_claim:  # the run really was concurrent
+        assert first and second
 
 
 def assert_each_sent_once(
@@ -192,16 +193,19 @@ def test_two_postgres_dispatchers_sending_a_backlog_at_once_send_each_reminder_o
     assert_each_sent_once(on_postgres, sender)
 
 
+# SQLite's busy handler sleeps while it waits for the write lock, so the dispatcher that took it
+# first can win every claim (seen in 1 run in 25 of the sending test, and in CI for the claiming
+# one): on SQLite what must hold is that each reminder is claimed, and sent, once, not that both
+# dispatchers got some.
+
+
 def test_two_sqlite_dispatchers_claiming_at_once_never_share_a_reminder(on_sqlite) -> None:
-    assert_each_claimed_once(on_sqlite)
+    assert_each_claimed_once(on_sqlite, both_claim=False)
 
 
 def test_two_sqlite_dispatchers_sending_a_backlog_at_once_send_each_reminder_once(
     on_sqlite, sender
 ) -> None:
-    # SQLite's busy handler sleeps while it waits for the write lock, so the dispatcher that
-    # took it first can win every claim (1 run in 25 here): that one sends the whole backlog.
-    # What must hold either way is that each reminder goes out once.
     assert_each_sent_once(on_sqlite, sender, both_send=False)
 
 
