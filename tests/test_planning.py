@@ -229,6 +229,24 @@ def test_planning_the_same_treatment_twice_gives_the_same_reminders() -> None:
     assert first == schedule(*args, DEFAULT)  # nothing had passed yet
 
 
+def test_a_remembered_schedule_follows_every_input_that_changes_it() -> None:
+    """Schedules are remembered by value: an edited protocol (same code), another zone, lead
+    or send time is a schedule of its own, and a caller changing its list changes no other."""
+    day, protocol = dt.date(2026, 1, 5), PROTOCOLS["bladder_dysfunction"]
+    base = schedule(day, protocol, Patient("Europe/Istanbul", 0), DEFAULT)
+    edited = protocol.model_copy(update={"max_interval_days": protocol.max_interval_days + 7})
+    later = Timing(DEFAULT.send_window, dt.time(11))
+    for other in (
+        schedule(day, edited, Patient("Europe/Istanbul", 0), DEFAULT),
+        schedule(day, protocol, Patient("Asia/Tokyo", 0), DEFAULT),
+        schedule(day, protocol, Patient("Europe/Istanbul", 7), DEFAULT),
+        schedule(day, protocol, Patient("Europe/Istanbul", 0), later),
+    ):
+        assert other != base
+    base.clear()
+    assert schedule(day, protocol, Patient("Europe/Istanbul", 0), DEFAULT) != []
+
+
 NEW_YORK = ZoneInfo("America/New_York")
 WINDOW = DEFAULT.send_window
 
