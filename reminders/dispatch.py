@@ -21,8 +21,9 @@ another round within the batch; a call that went out but got no answer (``in_dou
 neither retried nor failed over: it waits for the provider's word or the grace period, like a
 send cut off by a crash.
 
-Shutdown (:meth:`Dispatcher.close`) waits a bounded time for calls in flight, then gives every
-claim back: unsent ones to ``pending``, ones still inside a provider call to ``in_doubt``. A
+Shutdown (:meth:`Dispatcher.close`) cancels attempts still waiting for a worker (recorded as
+not sent), waits a bounded time for calls in flight, then gives every claim back: unsent ones
+to ``pending``, ones still inside a provider call to ``in_doubt``. A
 call that ends after that records its own outcome, which settles the in-doubt reminder.
 """
 
@@ -103,6 +104,8 @@ class Dispatcher:
         self._recording = threading.Lock()  # one transaction records outcomes at a time
         self._outbox: list[Done] = []  # finished attempts waiting to be recorded
         self._outbox_lock = threading.Lock()
+        self._submitted: dict[Future[Done], Attempt] = {}  # attempts not finished yet
+        self._submitted_lock = threading.Lock()
         threads = max(1, s.dispatch_concurrency)
         # What a crash can leave in doubt; ``max_sending`` is for tests and measurements.
         self._max_sending = max_sending or threads * (1 + max(0, s.dispatch_ahead))
@@ -112,6 +115,7 @@ class Dispatcher:
         """Stop claiming, wait up to ``timeout`` for sends in flight, give back every claim."""
         with self._claiming:
             self.stopping.set()
+        self._cancel_waiting()
         if not self._pool.wait_idle(timeout):
             log.warning("shutdown_with_sends_in_flight", owner=self.owner)
         self._abandon.set()
@@ -209,7 +213,7 @@ class Dispatcher:
                 while True:
                     began = time.monotonic()
                     started, done = self._step(session, queue, len(running), now, results, again)
-                    running.update(self._pool.submit(partial(self._send, a)) for a in started)
+                    running.update(map(self._submit, started))
                     self.outcomes.report(done)  # while those calls go out
                     if not running or self._abandon.is_set():
                         break
@@ -295,6 +299,28 @@ class Dispatcher:
         attempts = self._start(session, [r for r in start if r.claimed.id in held], now, events)
         deliveries.add_events(session, events)
         return attempts
+
+    def _submit(self, attempt: Attempt) -> Future[Done]:
+        future = self._pool.submit(partial(self._send, attempt))
+        with self._submitted_lock:
+            self._submitted[future] = attempt
+        future.add_done_callback(self._finished)  # at once if it already has
+        return future
+
+    def _finished(self, future: Future[Done]) -> None:
+        with self._submitted_lock:
+            self._submitted.pop(future, None)
+
+    def _cancel_waiting(self) -> None:
+        """Stopping: attempts still waiting for a worker (``dispatch_ahead``) never start, and
+        are recorded as not sent (their reminders go back to pending), even when every worker
+        is stuck in a call."""
+        with self._submitted_lock:
+            submitted = list(self._submitted.items())
+        unsent = [Done(attempt) for future, attempt in submitted if future.cancel()]
+        if unsent:
+            with self._outbox_lock:
+                self._outbox.extend(unsent)
 
     def _send(self, attempt: Attempt) -> Done:
         """On a worker: the provider call, no transaction open. The outcome is queued."""

@@ -176,6 +176,37 @@ def test_attempts_waiting_for_a_worker_when_their_channel_pauses_try_the_next_ch
         assert row(runtime, rid).status == "sent"
 
 
+def test_closing_while_every_worker_is_stuck_gives_back_the_attempts_written_ahead(
+    runtime, make_dispatcher, senders, now
+):
+    """Attempts waiting for a worker when the dispatcher stops never reached the provider:
+    they go back to pending at once (delivery ``failed``, ``shutdown``), not to the in-doubt
+    rule; only the call in flight is left in doubt."""
+    first, *waiting = [due(runtime, now) for _ in range(4)]
+    entered, release = threading.Event(), threading.Event()
+
+    def stuck(_message: OutboundMessage) -> None:
+        entered.set()
+        release.wait(10)
+
+    senders["sms"].script = stuck
+    dispatcher = make_dispatcher(dispatch_concurrency=1, dispatch_ahead=3)
+    worker = threading.Thread(target=dispatcher.run_once, kwargs={"now": now})
+    worker.start()
+    try:
+        assert entered.wait(5)
+        dispatcher.close(timeout=0.2)
+        assert (row(runtime, first).status, row(runtime, first).claimed_by) == ("in_doubt", None)
+        assert deliveries(runtime, first) == [("sms", "in_doubt", False, None)]
+        for rid in waiting:
+            assert (row(runtime, rid).status, row(runtime, rid).claimed_by) == ("pending", None)
+            assert deliveries(runtime, rid) == [("sms", "failed", False, "shutdown")]
+    finally:
+        release.set()
+        worker.join(5)
+    assert [m.reminder_id for m in senders["sms"].attempts] == [first]
+
+
 def test_a_batch_costs_a_few_statements_per_reminder_not_a_transaction_each(
     runtime, make_dispatcher, now
 ):
