@@ -23,8 +23,8 @@ send cut off by a crash.
 
 Shutdown (:meth:`Dispatcher.close`) cancels attempts still waiting for a worker (recorded as
 not sent), waits a bounded time for calls in flight, then gives every claim back: unsent ones
-to ``pending``, ones still inside a provider call to ``in_doubt``. A
-call that ends after that records its own outcome, which settles the in-doubt reminder.
+to ``pending``, ones still inside a provider call to ``in_doubt``. A call that ends after that
+records its own outcome, which settles the in-doubt reminder.
 """
 
 from __future__ import annotations
@@ -108,11 +108,12 @@ class Dispatcher:
         self._submitted_lock = threading.Lock()
         threads = max(1, s.dispatch_concurrency)
         # What a crash can leave in doubt; ``max_sending`` is for tests and measurements.
-        self._max_sending = max_sending or threads * (1 + max(0, s.dispatch_ahead))
+        self._max_sending = max_sending or threads * (1 + s.dispatch_ahead)
         self._pool = WorkerPool(threads, "dispatch")
 
     def close(self, timeout: float = CLOSE_SECONDS) -> None:
-        """Stop claiming, wait up to ``timeout`` for sends in flight, give back every claim."""
+        """Stop claiming, cancel attempts no worker has started, wait up to ``timeout`` for
+        sends in flight, give back every claim."""
         with self._claiming:
             self.stopping.set()
         self._cancel_waiting()
