@@ -279,11 +279,13 @@ def plan_groups(
     groups: Collection[Group],
     now: dt.datetime,
     progress: planner.Progress | None = None,
-) -> None:
+) -> int:
     """Plan these (patient, protocol) groups in the caller's transaction: one call of the
-    set-based planner, which reads and writes a batch of groups with a few statements."""
-    if groups:
-        planner.plan_groups(session, runtime, groups, now=now, progress=progress)
+    set-based planner, which reads and writes a batch of groups with a few statements.
+    Returns the reminder rows written."""
+    if not groups:
+        return 0
+    return planner.plan_groups(session, runtime, groups, now=now, progress=progress)
 
 
 # Treatments

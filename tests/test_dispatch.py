@@ -11,7 +11,7 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
-from sqlalchemy import select, update
+from sqlalchemy import select, text, update
 
 from reminders import consents, queries
 from reminders.channels import ChannelError, ErrorKind, OutboundMessage
@@ -164,6 +164,20 @@ def test_a_claim_takes_the_oldest_due_reminders_up_to_the_batch_size(runtime, no
         assert queries.claim_due(s, "b", now=now, limit=2, lease=LEASE) == [third]
     row = reminder(runtime, first)
     assert (row.status, row.claimed_by, row.lease_until) == ("claimed", "a", now + LEASE)
+
+
+def test_a_claim_commits_without_waiting_for_the_disk_and_nothing_after_it_does(runtime, now):
+    """A claim lost to a crash leaves its reminders pending (the attempts' commit, which waits
+    for the disk, comes before any call): the claim's own commit need not wait, and only it."""
+    if runtime.engine.dialect.name != "postgresql":
+        pytest.skip("synchronous_commit: PostgreSQL")
+    due(runtime, now)
+    with runtime.sessions() as s, s.begin():
+        assert s.scalar(text("SHOW synchronous_commit")) == "on"
+        assert len(queries.claim_due(s, "a", now=now, limit=2, lease=LEASE)) == 1
+        assert s.scalar(text("SHOW synchronous_commit")) == "off"
+    with runtime.sessions() as s, s.begin():  # the next transaction on the same connection
+        assert s.scalar(text("SHOW synchronous_commit")) == "on"
 
 
 def test_a_pass_claims_batch_after_batch_until_nothing_is_due(

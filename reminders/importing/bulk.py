@@ -4,6 +4,7 @@ dates the set-based planner (:mod:`reminders.planner`) writes."""
 from __future__ import annotations
 
 import datetime as dt
+import functools
 from collections.abc import Iterable, Iterator, Sequence
 from typing import Any, TypeVar
 
@@ -77,6 +78,10 @@ def reminder_row(
     }
 
 
+@functools.lru_cache(maxsize=4096)
 def last_step(protocol: Protocol, administered_on: dt.date) -> dt.date:
+    """The date of the cycle's last step (no travel lead), remembered by value like
+    :func:`reminders.planning.schedule`: planning asks it of every group, with a few thousand
+    distinct answers."""
     window = window_for(protocol, administered_on)
     return max(step_date(step, window, 0) for step in protocol.steps)

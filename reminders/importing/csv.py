@@ -277,6 +277,7 @@ class _Import:
         self.skip_invalid = skip_invalid
         self.stepping = threading.Lock()
         self.analyzed = 0  # rows written when the statistics were last refreshed
+        self.planned = 0  # reminder rows the planning wrote
         # A repeated external id is a bad row: without skip_invalid, nothing is to be written.
         self.refusing = bool(scan.repeated) and not skip_invalid
         self.report = Report(scan.kind, rows=scan.rows)
@@ -427,6 +428,10 @@ class _Import:
         self.plan()
         if self.scan.kind == "patients" and self.report.counts.changed >= ANALYZE_ROWS:
             analyze(self.session, "patients", "consents")  # for the treatments' import next
+        if self.planned >= ANALYZE_ROWS:
+            # The dispatcher's claims are planned on them next: with an empty table's statistics
+            # the claim sorted every waiting reminder (489 ms against 8 ms, 670,000 reminders).
+            analyze(self.session, "reminders")
         self.report.written = True
 
     def plan(self) -> None:
@@ -447,7 +452,9 @@ class _Import:
             self.step(done - reported)
             reported = done
 
-        plan_groups(self.session, self.runtime, groups, self.now, progress=batch_written)
+        self.planned += plan_groups(
+            self.session, self.runtime, groups, self.now, progress=batch_written
+        )
         self.step(held - reported)
 
     def step(self, rows: int) -> None:
