@@ -16,6 +16,7 @@ import datetime as dt
 from collections import Counter
 from collections.abc import Collection, Iterable, Sequence
 from dataclasses import dataclass
+from operator import itemgetter
 from typing import Any, NamedTuple, cast
 
 import psycopg
@@ -85,13 +86,13 @@ def groups_to_plan(session: Session, limit: int) -> list[Group]:
     return [(r[0], r[1]) for r in rows]
 
 
-def treatments_of(session: Session, groups: Collection[Group]) -> dict[Group, list[TreatmentRow]]:
-    """Every treatment of these groups, deleted ones included, latest first (date
-    administered, then id); a group without any is left out."""
-    wanted = set(groups)
-    codes = sorted({g[1] for g in wanted})
-    found: dict[Group, list[TreatmentRow]] = {}
-    for chunk in chunks(sorted({g[0] for g in wanted})):
+def treatments_of(session: Session, groups: Collection[Group]) -> list[TreatmentRow]:
+    """Every treatment of these groups' patients under these groups' protocols, deleted ones
+    included, in no order: a few more than the groups' own (a patient's other protocol of the
+    batch), which :func:`by_group` leaves out."""
+    codes = sorted({g[1] for g in groups})
+    found: list[TreatmentRow] = []
+    for chunk in chunks(sorted({g[0] for g in groups})):
         rows = session.execute(
             select(
                 Treatment.id,
@@ -105,13 +106,24 @@ def treatments_of(session: Session, groups: Collection[Group]) -> dict[Group, li
                 among(session, Treatment.protocol, codes),
             )
         )
-        for row in rows:
-            treatment = TreatmentRow(*row)
-            group = (treatment.patient_id, treatment.protocol)
-            if group in wanted:
-                found.setdefault(group, []).append(treatment)
-    for treatments in found.values():
-        treatments.sort(key=lambda t: (t.administered_on, t.id), reverse=True)
+        found.extend(map(TreatmentRow._make, rows))
+    return found
+
+
+def by_group(
+    treatments: Iterable[TreatmentRow], groups: Collection[Group]
+) -> dict[Group, list[TreatmentRow]]:
+    """The treatments of each of ``groups``, latest first (date administered, then id); a
+    group without any is left out."""
+    wanted = set(groups)
+    found: dict[Group, list[TreatmentRow]] = {}
+    for treatment in treatments:
+        group = (treatment.patient_id, treatment.protocol)
+        if group in wanted:
+            found.setdefault(group, []).append(treatment)
+    latest_first = itemgetter(3, 0)  # administered_on, id
+    for found_here in found.values():
+        found_here.sort(key=latest_first, reverse=True)
     return found
 
 
@@ -181,44 +193,26 @@ def contacts_by_id(session: Session, ids: Iterable[int]) -> dict[int, Contact]:
     return found
 
 
-def reminders_of(session: Session, treatment_ids: Iterable[int]) -> dict[int, list[ReminderRow]]:
-    """Every reminder of these treatments, by treatment."""
-    found: dict[int, list[ReminderRow]] = {}
-    for chunk in chunks(sorted(set(treatment_ids))):
-        rows = _keyed(
-            session,
-            select(
-                Reminder.id,
-                Reminder.treatment_id,
-                Reminder.step,
-                Reminder.status,
-                Reminder.reason,
-                Reminder.due_at,
-                Reminder.expires_at,
-            ),
+def reminders_of(session: Session, groups: Collection[Group]) -> list[ReminderRow]:
+    """Every reminder of the treatments :func:`treatments_of` finds for these groups, through
+    the treatments (a reminder's own patient and protocol are copies), in no order."""
+    codes = sorted({g[1] for g in groups})
+    found: list[ReminderRow] = []
+    query = (
+        select(
+            Reminder.id,
             Reminder.treatment_id,
-            chunk,
+            Reminder.step,
+            Reminder.status,
+            Reminder.reason,
+            Reminder.due_at,
+            Reminder.expires_at,
         )
-        for row in rows:
-            reminder = ReminderRow(*row)
-            found.setdefault(reminder.treatment_id, []).append(reminder)
-    return found
-
-
-def pending_of(session: Session, treatment_ids: Iterable[int]) -> dict[int, list[int]]:
-    """The pending reminders' ids of these treatments, by treatment. The status is filtered
-    here: asked in SQL, PostgreSQL may walk every pending reminder through the due index."""
-    found: dict[int, list[int]] = {}
-    for chunk in chunks(sorted(set(treatment_ids))):
-        rows = _keyed(
-            session,
-            select(Reminder.id, Reminder.treatment_id, Reminder.status),
-            Reminder.treatment_id,
-            chunk,
-        )
-        for reminder_id, treatment_id, status in rows:
-            if status == RS.PENDING:
-                found.setdefault(treatment_id, []).append(reminder_id)
+        .join(Treatment, Treatment.id == Reminder.treatment_id)
+        .where(among(session, Treatment.protocol, codes))
+    )
+    for chunk in chunks(sorted({g[0] for g in groups})):
+        found.extend(map(ReminderRow._make, _keyed(session, query, Treatment.patient_id, chunk)))
     return found
 
 

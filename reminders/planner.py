@@ -17,7 +17,7 @@ import datetime as dt
 import threading
 from collections import Counter
 from collections.abc import Callable, Iterable
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -74,39 +74,52 @@ def plan_groups(
 ) -> int:
     """Plan these (patient, protocol) groups in the caller's transaction; returns rows written.
 
-    Groups go in batches of :data:`BATCH`, each read with a few queries and written with a
-    few statements. With several batches on PostgreSQL, a batch's writes run on a helper
-    thread while the next batch is decided in Python (the server works while Python does), on
-    the caller's connection, one statement at a time: the next batch is read before the
-    writes start. (SQLite does its work in this process: nothing to overlap.)
-    ``progress`` is told how many groups each written batch held."""
+    Groups go in batches of :data:`BATCH`, each read with a few queries that need nothing but
+    its groups, and written with a few statements. With several batches on PostgreSQL the
+    connection's work runs on a helper thread, one statement at a time: the previous batch's
+    writes, then the next batch's reads, while this batch is put together and decided in
+    Python (the server works while Python does). SQLite does its work in this process, so
+    there it all runs in turn. ``progress`` is told how many groups each written batch held."""
     session.flush()  # the writes below go around the ORM: the caller's changes first
     ordered = sorted(set(groups))
     batches = [ordered[i : i + BATCH] for i in range(0, len(ordered), BATCH)]
+    if not batches:
+        return 0
     overlap = len(batches) > 1 and session.get_bind().dialect.name == "postgresql"
     written = 0
+    fetched: _Fetched | None = _fetch(session, runtime, batches[0], now)
+    decided: _Batch | None = None  # decided, not yet written
     # No thread starts until something is submitted: one batch, or SQLite, runs inline.
-    with ThreadPoolExecutor(1, thread_name_prefix="plan-write") as pool:
-        writing: Future[int] | None = None
-        decided: _Batch | None = None
-        try:
-            for batch in batches:
-                if writing is not None:
-                    written += writing.result()  # the connection is free again
-                    writing = None
-                read = _read(session, runtime, batch, now)
-                if decided is not None:  # the previous batch: written while this one is decided
-                    if overlap:
-                        writing = pool.submit(_write, session, runtime, decided, progress)
-                    else:
-                        written += _write(session, runtime, decided, progress)
-                decided = _decide_batch(runtime, read, now)
-        finally:
-            if writing is not None:  # also when deciding failed: never leave it mid-statement
-                written += writing.result()
-        if decided is not None:
-            written += _write(session, runtime, decided, progress)
-    return written
+    with ThreadPoolExecutor(1, thread_name_prefix="plan-db") as pool:
+        for index in range(len(batches)):
+            current = fetched
+            following = batches[index + 1] if index + 1 < len(batches) else None
+            if overlap:
+                job = pool.submit(
+                    _write_then_fetch, session, runtime, decided, following, now, progress
+                )
+                try:
+                    decided = _decide_batch(runtime, _assemble(current), now)
+                finally:  # also when deciding failed: never leave the connection mid-statement
+                    done, fetched = job.result()
+            else:
+                done, fetched = _write_then_fetch(
+                    session, runtime, decided, following, now, progress
+                )
+                decided = _decide_batch(runtime, _assemble(current), now)
+            written += done
+    assert decided is not None
+    return written + _write(session, runtime, decided, progress)
+
+
+@dataclass
+class _Fetched:
+    """A batch's rows as read, before anything is made of them."""
+
+    groups: list[Group]
+    treatments: list[TreatmentRow]  # of the groups' patients under the groups' protocols
+    reminders: list[ReminderRow]  # of those treatments
+    patients: dict[int, Contact]  # the patients planning needs (see _needed)
 
 
 @dataclass
@@ -125,28 +138,71 @@ class _Batch:
         return [t.id for found in self.treatments.values() for t in found if t.needs_plan]
 
 
-def _read(session: Session, runtime: Runtime, groups: list[Group], now: dt.datetime) -> _Batch:
+def _write_then_fetch(
+    session: Session,
+    runtime: Runtime,
+    decided: _Batch | None,
+    following: list[Group] | None,
+    now: dt.datetime,
+    progress: Progress | None,
+) -> tuple[int, _Fetched | None]:
+    """The connection's work between two decisions: write one batch, read the next."""
+    written = _write(session, runtime, decided, progress) if decided is not None else 0
+    return written, _fetch(session, runtime, following, now) if following is not None else None
+
+
+def _fetch(session: Session, runtime: Runtime, groups: list[Group], now: dt.datetime) -> _Fetched:
+    """Every row a batch needs, by queries that need nothing but the groups (so they can run
+    while the previous batch is being decided); :func:`_assemble` makes the batch of them."""
     treatments = plan_store.treatments_of(session, groups)
-    every = [t for found in treatments.values() for t in found]
-    latest_ids = {t.id for t in map(_latest, treatments.values()) if t is not None}
-    # Every reminder of each group's latest treatment; of the others, only what is pending.
-    reminders = plan_store.reminders_of(session, latest_ids)
-    pending = plan_store.pending_of(session, [t.id for t in every if t.id not in latest_ids])
-    # A patient matters only where the latest treatment may have steps ahead or has unsent
-    # reminders to move or cancel: a history of past cycles loads no patient.
+    reminders = plan_store.reminders_of(session, groups)
+    needed = _needed(runtime, groups, treatments, reminders, now)
+    return _Fetched(groups, treatments, reminders, plan_store.contacts_by_id(session, needed))
+
+
+def _needed(
+    runtime: Runtime,
+    groups: list[Group],
+    treatments: list[TreatmentRow],
+    reminders: list[ReminderRow],
+    now: dt.datetime,
+) -> set[int]:
+    """The patients planning must read: where a group's latest treatment may have steps ahead
+    or has unsent reminders to move or cancel. A history of past cycles loads no patient."""
+    wanted = set(groups)
+    latest: dict[Group, TreatmentRow] = {}
+    for t in treatments:
+        group = (t.patient_id, t.protocol)
+        if t.deleted_at is None and group in wanted:
+            known = latest.get(group)
+            if known is None or (t.administered_on, t.id) > (known.administered_on, known.id):
+                latest[group] = t
     horizon = now.astimezone(dt.UTC).date() - dt.timedelta(days=2)  # any zone's today, less
     needed: set[int] = set()
-    for (patient_id, code), found in treatments.items():
-        latest = _latest(found)
+    for (patient_id, code), t in latest.items():
         protocol = runtime.protocols.get(code)
-        if latest is None or protocol is None:
-            continue
-        if any(r.status == RS.PENDING for r in reminders.get(latest.id, ())) or (
-            last_step(protocol, latest.administered_on) >= horizon
-        ):
+        if protocol is not None and last_step(protocol, t.administered_on) >= horizon:
             needed.add(patient_id)
-    patients = plan_store.contacts_by_id(session, needed)
-    return _Batch(groups, treatments, reminders, pending, patients)
+    pending_on = {r.treatment_id for r in reminders if r.status == RS.PENDING}
+    needed.update(t.patient_id for t in latest.values() if t.id in pending_on)
+    return needed
+
+
+def _assemble(fetched: _Fetched | None) -> _Batch:
+    """The batch as the decisions need it: each group's treatments latest first, every
+    reminder of each group's latest treatment, the pending ones' ids of the others."""
+    assert fetched is not None
+    treatments = plan_store.by_group(fetched.treatments, fetched.groups)
+    latest_ids = {t.id for t in map(_latest, treatments.values()) if t is not None}
+    others = {t.id for found in treatments.values() for t in found} - latest_ids
+    reminders: dict[int, list[ReminderRow]] = {}
+    pending: dict[int, list[int]] = {}
+    for r in fetched.reminders:
+        if r.treatment_id in latest_ids:
+            reminders.setdefault(r.treatment_id, []).append(r)
+        elif r.treatment_id in others and r.status == RS.PENDING:
+            pending.setdefault(r.treatment_id, []).append(r.id)
+    return _Batch(fetched.groups, treatments, reminders, pending, fetched.patients)
 
 
 def _decide_batch(runtime: Runtime, batch: _Batch, now: dt.datetime) -> _Batch:

@@ -9,9 +9,9 @@ from contextlib import contextmanager
 from typing import Any
 
 import pytest
-from sqlalchemy import event, select, update
+from sqlalchemy import event, func, select, update
 
-from reminders import consents, plan_store
+from reminders import consents, plan_store, planner
 from reminders.importing.bulk import reminder_row
 from reminders.models import Channel, Reminder, Treatment
 from reminders.plan_store import contacts_by_id
@@ -406,10 +406,45 @@ def test_planning_a_batch_costs_the_same_statements_whatever_its_size(runtime) -
     assert len(groups_of(runtime, list(clinics[0].values()))) == 10
     one = planning_statements(runtime, list(clinics[0].values()))
     three = planning_statements(runtime, [i for c in clinics[1:] for i in c.values()])
-    # BEGIN; treatments, reminders (two), patients, consents; a cancel per reason (deleted,
+    # BEGIN; treatments, reminders, consents, patients; a cancel per reason (deleted,
     # superseded, inactive, no_channel, replanned), the moves, the insert, needs_plan.
-    assert len(three) == len(one) <= 14, three
+    assert len(three) == len(one) <= 13, three
     assert outcome(runtime, clinics[0]) == outcome(runtime, clinics[3])
+
+
+def test_batches_planned_in_turn_come_out_as_one_batch(runtime, monkeypatch) -> None:
+    """Several batches: on PostgreSQL one batch is written, and the next read, on a helper
+    thread while the one between them is decided."""
+    clinics = [changed_clinic(runtime) for _ in range(2)]
+    planning_statements(runtime, list(clinics[0].values()))  # 10 groups, one batch
+    monkeypatch.setattr(planner, "BATCH", 3)
+    planning_statements(runtime, list(clinics[1].values()))  # 4 batches
+    assert outcome(runtime, clinics[0]) == outcome(runtime, clinics[1])
+    assert plan_pending(runtime, now=MAR_4) == 0
+
+
+def test_a_failure_while_deciding_a_batch_leaves_the_connection_usable_and_nothing_written(
+    runtime, monkeypatch
+) -> None:
+    treatments = [add_treatment(runtime, "2026-02-20") for _ in range(5)]
+    monkeypatch.setattr(planner, "BATCH", 1)
+    decide = planner._decide_batch
+    decided: list[int] = []
+
+    def third_fails(rt: Runtime, batch: Any, now: dt.datetime) -> Any:
+        decided.append(len(batch.groups))
+        if len(decided) == 3:  # the earlier batches written, the next one being read
+            raise RuntimeError("deciding failed")
+        return decide(rt, batch, now)
+
+    monkeypatch.setattr(planner, "_decide_batch", third_fails)
+    with runtime.sessions() as s:
+        with pytest.raises(RuntimeError, match="deciding failed"), s.begin():
+            plan_groups(s, runtime, groups_of(runtime, treatments), now=MAR_4)
+        assert s.scalar(select(func.count()).select_from(Reminder)) == 0  # the same connection
+    assert decided == [1, 1, 1]
+    monkeypatch.setattr(planner, "_decide_batch", decide)
+    assert plan_groups_of(runtime, treatments, MAR_4) == 15
 
 
 def test_brand_new_groups_cost_the_same_statements_whatever_their_number(runtime) -> None:
