@@ -194,8 +194,9 @@ def contacts_by_id(session: Session, ids: Iterable[int]) -> dict[int, Contact]:
 
 
 def reminders_of(session: Session, groups: Collection[Group]) -> list[ReminderRow]:
-    """Every reminder of the treatments :func:`treatments_of` finds for these groups, through
-    the treatments (a reminder's own patient and protocol are copies), in no order."""
+    """Every reminder of the treatments :func:`treatments_of` finds for these groups, in no
+    order. Found through the treatments: a reminder's own patient and protocol are those it
+    was planned (or sent) for, and a sent one keeps them when its treatment moves."""
     codes = sorted({g[1] for g in groups})
     found: list[ReminderRow] = []
     query = (
