@@ -113,18 +113,26 @@ def staff_templates(
     return {(t.step, t.channel, t.language): spec_of(t) for t in rows}
 
 
+# The statements the dispatcher runs for every group of attempts (``_HELD``, ``_MARK_SENT``,
+# ``_START``, ``_ADD_EVENTS``, ``_FINISH``) are built once: building one (47 us for this one,
+# 74 us for marking sent) cost about as much of the dispatcher's Python as running it.
+_HELD = (
+    select(REMINDERS.c.id)
+    .where(
+        REMINDERS.c.id.in_(bindparam("h_ids", expanding=True)),
+        REMINDERS.c.status == RS.CLAIMED,
+        REMINDERS.c.claimed_by == bindparam("h_owner"),
+    )
+    .order_by(REMINDERS.c.id)
+    .with_for_update()
+)
+
+
 def held(session: Session, ids: Collection[int], owner: str) -> set[int]:
     """Which of ``ids`` ``owner`` still holds, locked until the transaction ends."""
     if not ids:
         return set()
-    r = REMINDERS.c
-    stmt = (
-        select(r.id)
-        .where(r.id.in_(sorted(ids)), _claimed_by(owner))
-        .order_by(r.id)
-        .with_for_update()
-    )
-    return set(session.scalars(stmt))
+    return set(session.scalars(_HELD, {"h_ids": sorted(ids), "h_owner": owner}))
 
 
 def _unclaim(**values: Any) -> dict[str, Any]:
@@ -167,16 +175,33 @@ def put_back(
     return set(session.scalars(stmt))
 
 
+_MARK_SENT = (
+    update(REMINDERS)
+    .where(
+        REMINDERS.c.id.in_(bindparam("m_ids", expanding=True)),
+        REMINDERS.c.status == RS.CLAIMED,
+        REMINDERS.c.claimed_by == bindparam("m_owner"),
+    )
+    .values(
+        status=RS.SENT,
+        claimed_by=None,
+        lease_until=None,
+        channel=bindparam("m_channel", type_=REMINDERS.c.channel.type),
+        sent_at=bindparam("m_now", type_=REMINDERS.c.sent_at.type),
+        reason=None,
+    )
+)
+
+
 def mark_sent(
     session: Session, ids: Collection[int], owner: str, *, channel: str, now: dt.datetime
 ) -> None:
     if ids:
-        r = REMINDERS.c
-        session.execute(
-            update(REMINDERS)
-            .where(r.id.in_(sorted(ids)), _claimed_by(owner))
-            .values(**_unclaim(status=RS.SENT, channel=channel, sent_at=now, reason=None))
-        )
+        params = {"m_ids": sorted(ids), "m_owner": owner, "m_channel": channel, "m_now": now}
+        session.execute(_MARK_SENT, params)
+
+
+_START = insert(DELIVERIES).returning(DELIVERIES.c.id, sort_by_parameter_order=True)
 
 
 def start(session: Session, rows: Sequence[Mapping[str, Any]]) -> list[int]:
@@ -185,15 +210,17 @@ def start(session: Session, rows: Sequence[Mapping[str, Any]]) -> list[int]:
     if not rows:
         return []
     values = [{**row, "status": DeliveryStatus.SENDING} for row in rows]
-    stmt = insert(DELIVERIES).returning(DELIVERIES.c.id, sort_by_parameter_order=True)
-    return list(session.execute(stmt, values).scalars())
+    return list(session.execute(_START, values).scalars())
+
+
+_ADD_EVENTS = insert(EVENTS)
 
 
 def add_events(session: Session, rows: Iterable[Mapping[str, Any]]) -> None:
     """Delivery events (delivery_id, status, source, occurred_at, error_code), in one go."""
     values = list(rows)
     if values:
-        session.execute(insert(EVENTS), values)
+        session.execute(_ADD_EVENTS, values)
 
 
 _FINISH = (

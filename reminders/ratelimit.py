@@ -7,9 +7,10 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable
-from typing import Any, Protocol
+from functools import cache
+from typing import Any, Protocol, cast
 
-from sqlalchemy import func, update
+from sqlalchemy import Table, Update, bindparam, func, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.exc import SQLAlchemyError
@@ -27,6 +28,25 @@ class Limiter(Protocol):
     def acquire(self, stop: threading.Event | None = None, cost: int = 1) -> float: ...
 
     def hold_until(self, monotonic_at: float) -> None: ...
+
+
+SLOTS = cast(Table, SendSlot.__table__)
+
+
+@cache
+def _move_statement(postgres: bool) -> Update:
+    """``next_slot = max(next_slot, s_at) + s_advance`` for ``s_channel``, returning it: a
+    Core statement built once (the ORM's bulk update, built per call, cost more Python than
+    the round trip it makes)."""
+    greatest = func.greatest if postgres else func.max  # SQLite's max() of two values
+    at_least = bindparam("s_at", type_=SLOTS.c.next_slot.type)
+    advance = bindparam("s_advance", type_=SLOTS.c.next_slot.type)
+    return (
+        update(SLOTS)
+        .where(SLOTS.c.channel == bindparam("s_channel"))
+        .values(next_slot=greatest(SLOTS.c.next_slot, at_least) + advance)
+        .returning(SLOTS.c.next_slot)
+    )
 
 
 class RateLimiter:
@@ -147,7 +167,7 @@ class SharedRateLimiter:
                 self._slots.popleft()
         try:
             with self._sessions() as session, session.begin():
-                session.execute(self._move(session, until))
+                self._move(session, until)
         except SQLAlchemyError as exc:
             log.warning("shared_hold_not_recorded", channel=self.channel, error=type(exc).__name__)
 
@@ -166,28 +186,28 @@ class SharedRateLimiter:
             with self._sessions() as session, session.begin():
                 session.connection()  # a new connection can take a while: `now` comes after
                 now = self._clock()
-                take = self._move(session, max(now, self._held_until), count * self.interval)
-                end = session.scalar(take)
+                at_least, advance = max(now, self._held_until), count * self.interval
+                end = self._move(session, at_least, advance)
                 if end is None:  # the first send on this sender
                     session.execute(self._first(session, now))
-                    end = session.scalar(take)
+                    end = self._move(session, at_least, advance)
         except SQLAlchemyError as exc:
             log.warning("shared_rate_unavailable", channel=self.channel, error=type(exc).__name__)
             slot = max(now, self._local_next, self._held_until)
             self._local_next = slot + self.interval
             return [slot]
-        start = float(end) - count * self.interval
+        if end is None:  # the row was just inserted (by this process or another)
+            raise RuntimeError(f"no send slot row for {self.channel}")
+        start = end - count * self.interval
         return [start + i * self.interval for i in range(count)]
 
-    def _move(self, session: Session, at_least: float, advance: float = 0.0) -> Any:
+    def _move(self, session: Session, at_least: float, advance: float = 0.0) -> float | None:
+        """Move this sender's next slot to at least ``at_least``, then ``advance`` seconds on;
+        returns where it ends (None: no row for the sender yet)."""
         postgres = session.get_bind().dialect.name == "postgresql"
-        greatest = func.greatest if postgres else func.max  # SQLite's max() of two values
-        return (
-            update(SendSlot)
-            .where(SendSlot.channel == self.channel)
-            .values(next_slot=greatest(SendSlot.next_slot, at_least) + advance)
-            .returning(SendSlot.next_slot)
-        )
+        params = {"s_channel": self.channel, "s_at": at_least, "s_advance": advance}
+        end: float | None = session.scalar(_move_statement(postgres), params)
+        return end
 
     def _first(self, session: Session, now: float) -> Any:
         postgres = session.get_bind().dialect.name == "postgresql"

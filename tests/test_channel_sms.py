@@ -213,6 +213,29 @@ def test_segment_counts_agree_with_the_fakes_reckoning(body: str) -> None:
     assert segments.count(body).segments == num_segments(body)
 
 
+@given(st.text(alphabet=st.sampled_from("ab 0.@£ÇΔ€[]{}~^|\\\x1bışğ\u00a0😀\n"), max_size=400))
+def test_segment_counts_match_the_codec_read_one_character_at_a_time(body: str) -> None:
+    """The counter looks at each distinct character once and adds up in C; the reference here
+    is the plain reading: every character through the codec, parts filled in order."""
+    try:
+        widths = [len(c.encode("gsm03.38")) for c in body]
+        encoding, single, multi = "GSM-7", 160, 153
+    except UnicodeEncodeError:
+        widths = [len(c.encode("utf-16-le")) // 2 for c in body]
+        encoding, single, multi = "UCS-2", 70, 67
+    if "\x1b" in body:  # the escape code is no character one can send
+        widths = [len(c.encode("utf-16-le")) // 2 for c in body]
+        encoding, single, multi = "UCS-2", 70, 67
+    parts, used = 1, 0
+    for width in widths:
+        if used + width > multi:
+            parts, used = parts + 1, 0
+        used += width
+    expected = (encoding, 1 if sum(widths) <= single else parts, sum(widths))
+    counted = segments.count(body)
+    assert (counted.encoding, counted.segments, counted.units) == expected
+
+
 def test_the_twilio_session_reads_the_proxy_and_ca_settings_once_per_host(
     monkeypatch: pytest.MonkeyPatch, tmp_path
 ) -> None:

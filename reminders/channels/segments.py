@@ -10,6 +10,7 @@ UTF-16 code units in one part, 67 per part when split, and a surrogate pair is n
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import lru_cache
 
 import gsm0338  # noqa: F401  (registers the "gsm03.38" codec)
 
@@ -27,28 +28,38 @@ class SegmentCount:
 
 def count(body: str) -> SegmentCount:
     """The encoding and the number of segments of ``body``."""
-    units = _gsm7_units(body)
-    encoding = GSM7 if units is not None else UCS2
-    if units is None:
-        units = _ucs2_units(body)
+    septets = _gsm7_widths(body)
+    if septets is not None:
+        encoding, total = GSM7, sum(map(septets.__getitem__, body))
+    else:
+        encoding, total = UCS2, len(body.encode("utf-16-le")) // 2
     single, multi = _LIMITS[encoding]
-    total = sum(units)
-    segments = 1 if total <= single else _pack(units, multi)
-    return SegmentCount(encoding, segments, total)
+    if total <= single:
+        return SegmentCount(encoding, 1, total)
+    units = [septets[c] if septets is not None else _utf16_units(c) for c in body]
+    return SegmentCount(encoding, _pack(units, multi), total)
 
 
-def _gsm7_units(body: str) -> list[int] | None:
-    """Septets per character, or None when the body is not GSM-7."""
-    if chr(_ESCAPE) in body:  # the escape code itself is not a character one can send
-        return None
+def _gsm7_widths(body: str) -> dict[str, int] | None:
+    """The septets of each distinct character of ``body``; None when it is not GSM-7."""
+    widths = {c: _septets(c) for c in set(body)}
+    return None if 0 in widths.values() else widths
+
+
+@lru_cache(maxsize=4096)  # the codec encodes one character at a time, in Python
+def _septets(char: str) -> int:
+    """A character's width in GSM-7 (2 for an extension character); 0: not GSM-7."""
+    if char == chr(_ESCAPE):  # the escape code itself is not a character one can send
+        return 0
     try:
-        return [len(c.encode("gsm03.38")) for c in body]
+        return len(char.encode("gsm03.38"))
     except UnicodeEncodeError:
-        return None
+        return 0
 
 
-def _ucs2_units(body: str) -> list[int]:
-    return [len(c.encode("utf-16-le")) // 2 for c in body]
+def _utf16_units(char: str) -> int:
+    """Two for a character beyond the Basic Multilingual Plane (a surrogate pair), else one."""
+    return 2 if ord(char) > 0xFFFF else 1
 
 
 def _pack(units: list[int], size: int) -> int:
