@@ -16,6 +16,7 @@ from typing import Any, NamedTuple, cast
 
 from sqlalchemy import JSON, String, Table, and_, bindparam, func, insert, or_, select, update
 from sqlalchemy.orm import Session, aliased
+from sqlalchemy.sql.elements import BindParameter
 
 from reminders.models import (
     Delivery,
@@ -47,7 +48,7 @@ class Claimed(NamedTuple):
     attempts: int
 
 
-def _claimed_by(owner: str) -> Any:
+def _claimed_by(owner: str | BindParameter[str]) -> Any:
     return and_(REMINDERS.c.status == RS.CLAIMED, REMINDERS.c.claimed_by == owner)
 
 
@@ -120,8 +121,7 @@ _HELD = (
     select(REMINDERS.c.id)
     .where(
         REMINDERS.c.id.in_(bindparam("h_ids", expanding=True)),
-        REMINDERS.c.status == RS.CLAIMED,
-        REMINDERS.c.claimed_by == bindparam("h_owner"),
+        _claimed_by(bindparam("h_owner")),
     )
     .order_by(REMINDERS.c.id)
     .with_for_update()
@@ -179,8 +179,7 @@ _MARK_SENT = (
     update(REMINDERS)
     .where(
         REMINDERS.c.id.in_(bindparam("m_ids", expanding=True)),
-        REMINDERS.c.status == RS.CLAIMED,
-        REMINDERS.c.claimed_by == bindparam("m_owner"),
+        _claimed_by(bindparam("m_owner")),
     )
     .values(
         status=RS.SENT,

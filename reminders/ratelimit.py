@@ -30,7 +30,7 @@ class Limiter(Protocol):
     def hold_until(self, monotonic_at: float) -> None: ...
 
 
-SLOTS = cast(Table, SendSlot.__table__)
+_SLOTS = cast(Table, SendSlot.__table__)
 
 
 @cache
@@ -39,13 +39,13 @@ def _move_statement(postgres: bool) -> Update:
     Core statement built once (the ORM's bulk update, built per call, cost more Python than
     the round trip it makes)."""
     greatest = func.greatest if postgres else func.max  # SQLite's max() of two values
-    at_least = bindparam("s_at", type_=SLOTS.c.next_slot.type)
-    advance = bindparam("s_advance", type_=SLOTS.c.next_slot.type)
+    at_least = bindparam("s_at", type_=_SLOTS.c.next_slot.type)
+    advance = bindparam("s_advance", type_=_SLOTS.c.next_slot.type)
     return (
-        update(SLOTS)
-        .where(SLOTS.c.channel == bindparam("s_channel"))
-        .values(next_slot=greatest(SLOTS.c.next_slot, at_least) + advance)
-        .returning(SLOTS.c.next_slot)
+        update(_SLOTS)
+        .where(_SLOTS.c.channel == bindparam("s_channel"))
+        .values(next_slot=greatest(_SLOTS.c.next_slot, at_least) + advance)
+        .returning(_SLOTS.c.next_slot)
     )
 
 
