@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import datetime as dt
 import os
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any, ClassVar
 
@@ -24,6 +24,26 @@ CONNECT_TIMEOUT = 10  # seconds, PostgreSQL (overridden by the URL or PGCONNECT_
 # PostgreSQL ended the transaction to break a lock cycle or a serialization conflict: nothing
 # of it was written, and running it again is the documented answer.
 CONFLICT_SQLSTATES = frozenset({"40P01", "40001"})
+
+
+_AFTER_COMMIT = "reminders.after_commit"
+
+
+def after_commit(session: Session, effect: Callable[[], object]) -> None:
+    """Run ``effect`` (a metric, a log line) once the transaction ``session`` is in commits. A
+    rollback drops it, so a transaction run again after a conflict counts its effects once."""
+    session.info.setdefault(_AFTER_COMMIT, []).append(effect)
+
+
+@event.listens_for(Session, "after_commit")
+def _run_after_commit(session: Session) -> None:
+    for effect in session.info.pop(_AFTER_COMMIT, ()):
+        effect()
+
+
+@event.listens_for(Session, "after_soft_rollback")
+def _drop_after_commit(session: Session, _previous: object) -> None:
+    session.info.pop(_AFTER_COMMIT, None)
 
 
 class UTCDateTime(TypeDecorator[dt.datetime]):

@@ -21,6 +21,7 @@ import threading
 import time
 from collections.abc import Callable, Collection
 from dataclasses import dataclass
+from functools import partial
 from typing import Any
 from zoneinfo import ZoneInfo
 
@@ -29,6 +30,7 @@ from sqlalchemy.orm import Session
 
 from reminders import consents, deliveries, queries
 from reminders.channels import ChannelError, ErrorKind, OutboundMessage, Receipt, Sender
+from reminders.db import after_commit
 from reminders.logs import get_logger, mask_address
 from reminders.models import Delivery, DeliveryStatus, Patient, Reminder, ReminderStatus
 from reminders.ratelimit import Limiter
@@ -119,8 +121,13 @@ class Outcomes:
     def end(
         self, session: Session, ids: Collection[int], status: RS, reason: str, channel: str = ""
     ) -> str:
-        """End claimed reminders as failed, expired or cancelled, with one reason."""
+        """End claimed reminders as failed, expired or cancelled, with one reason. The metric
+        and the log lines follow the commit."""
         deliveries.end(session, ids, self.owner, status=status, reason=reason)
+        after_commit(session, partial(self._ended, list(ids), status, reason, channel))
+        return str(status)
+
+    def _ended(self, ids: list[int], status: RS, reason: str, channel: str) -> None:
         m = self.runtime.metrics
         if status == RS.EXPIRED:
             m.expired.labels(reason).inc(len(ids))
@@ -130,7 +137,6 @@ class Outcomes:
             m.failed.labels(channel, reason).inc(len(ids))
         for reminder_id in ids:
             log.info("reminder_finished", reminder_id=reminder_id, status=status, reason=reason)
-        return str(status)
 
     # --- on the worker, right after the call --------------------------------------------------
 
@@ -313,13 +319,16 @@ class Outcomes:
         queries.reschedule(
             session, reminder_id, self.owner, at=at, count_attempt=True, error=str(exc)
         )
-        self.runtime.metrics.retried.labels(channel).inc()
+        after_commit(session, self.runtime.metrics.retried.labels(channel).inc)
         return "retry"
 
     def _settle(self, session: Session, a: Attempt, *, accepted: bool) -> None:
         delivery = session.get_one(Delivery, a.delivery_id)
         queries.settle_in_doubt(session, delivery, accepted=accepted, now=a.now)
-        log.warning("claim_lost_settled", delivery_id=a.delivery_id, accepted=accepted)
+        settled = partial(
+            log.warning, "claim_lost_settled", delivery_id=a.delivery_id, accepted=accepted
+        )
+        after_commit(session, settled)
 
 
 def _row(

@@ -21,6 +21,7 @@ import pytest
 from sqlalchemy import event, func, select, text, update
 from structlog.testing import capture_logs
 
+from reminders import db
 from reminders.channels import ChannelError, ErrorKind, OutboundMessage
 from reminders.channels.recording import RecordingSender
 from reminders.dispatch import Dispatcher
@@ -318,3 +319,55 @@ def test_an_outcome_write_that_postgresql_breaks_for_a_deadlock_is_written_again
         ]
     assert [e["tries"] for e in logs if e["event"] == "dispatch_conflict"] == [1]
     assert not [e for e in logs if e["event"] == "dispatch_error"]
+
+
+def test_a_step_run_again_after_a_conflict_counts_its_metrics_and_log_lines_once(
+    runtime, make_dispatcher, senders, now
+):
+    """The metric and log line of a reschedule (and of an ending) follow the commit: the first
+    run of a step that PostgreSQL rolls back for a conflict leaves no trace of them. Here the
+    conflict is a trigger that fails the second insert of delivery events (the one recording
+    the provider's refusal) with deadlock_detected, once."""
+    if runtime.engine.dialect.name != "postgresql":
+        pytest.skip("conflicts that are run again: PostgreSQL")
+    rid = due(runtime, now)
+    senders["sms"].script = fail(ErrorKind.TRANSIENT, "20429")
+    fault = [
+        "CREATE SEQUENCE fault_once",
+        "CREATE FUNCTION fault_once() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN"
+        " IF nextval('fault_once') = 2 THEN"
+        " RAISE EXCEPTION 'injected' USING ERRCODE = '40P01'; END IF; RETURN NULL; END $$",
+        "CREATE TRIGGER fault_once BEFORE INSERT ON delivery_events"
+        " FOR EACH STATEMENT EXECUTE FUNCTION fault_once()",
+    ]
+    with runtime.engine.begin() as conn:
+        for statement in fault:
+            conn.execute(text(statement))
+    try:
+        with capture_logs() as logs:
+            assert make_dispatcher().run_once(now=now) == {"retry": 1}
+    finally:
+        with runtime.engine.begin() as conn:
+            conn.execute(text("DROP TRIGGER fault_once ON delivery_events"))
+            conn.execute(text("DROP FUNCTION fault_once()"))
+            conn.execute(text("DROP SEQUENCE fault_once"))
+    assert [e["tries"] for e in logs if e["event"] == "dispatch_conflict"] == [1]
+    retried = runtime.metrics.registry.get_sample_value(
+        "reminders_retried_total", {"channel": "sms"}
+    )
+    assert retried == 1
+    assert (row(runtime, rid).status, row(runtime, rid).attempts) == ("pending", 1)
+
+
+def test_effects_after_commit_run_once_on_commit_and_never_after_a_rollback(runtime) -> None:
+    ran: list[str] = []
+    with runtime.sessions() as session:
+        with session.begin():
+            db.after_commit(session, lambda: ran.append("rolled back"))
+            session.rollback()
+        with session.begin():
+            db.after_commit(session, lambda: ran.append("committed"))
+            assert ran == []
+        with session.begin():
+            pass
+    assert ran == ["committed"]
