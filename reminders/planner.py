@@ -170,6 +170,9 @@ def _needed(
     """The patients planning must read: where a group's latest treatment may have steps ahead
     or has unsent reminders to move or cancel. A history of past cycles loads no patient."""
     wanted = set(groups)
+    # Each group's latest live treatment, as _latest finds it in by_group's order (date
+    # administered, then id): spelled out here because this runs on the connection's thread,
+    # before any grouping or sorting, and needs nothing else of the batch.
     latest: dict[Group, TreatmentRow] = {}
     for t in treatments:
         group = (t.patient_id, t.protocol)

@@ -36,7 +36,8 @@ def count(body: str) -> SegmentCount:
     single, multi = _LIMITS[encoding]
     if total <= single:
         return SegmentCount(encoding, 1, total)
-    units = [septets[c] if septets is not None else _utf16_units(c) for c in body]
+    width = septets.__getitem__ if septets is not None else _utf16_units
+    units = list(map(width, body))
     return SegmentCount(encoding, _pack(units, multi), total)
 
 
