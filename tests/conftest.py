@@ -17,6 +17,7 @@ from reminders.runtime import Runtime, build_runtime
 from reminders.settings import Settings, load_settings
 from tests.fakes import FakeSendGrid, FakeTwilio
 from tests.support.postgres import create_postgres_database, drop_postgres_database
+from tests.support.service import kill_leftovers
 
 ROOT = Path(__file__).resolve().parent.parent
 CONFIG = ROOT / "config"
@@ -29,6 +30,14 @@ POSTGRES_URL = os.environ.get("REMINDERS_TEST_POSTGRES_URL") or (
     if os.environ.get("REMINDERS_TEST_DATABASE_URL", "").startswith("postgresql")
     else ""
 )
+
+
+@pytest.fixture(autouse=True)
+def _no_service_outlives_its_test() -> Iterator[None]:
+    """A test that fails half-way leaves no ``reminders`` process behind to run into the next
+    test (its port, its database, a warning when the next test collects the garbage)."""
+    yield
+    kill_leftovers()
 
 
 @pytest.fixture(scope="session")

@@ -1,6 +1,10 @@
 """``kill -9`` of ``reminders run`` at random moments while it drains 5,000 due SMS reminders
 through the fake Twilio on PostgreSQL, restarted after each kill, then left to finish.
 
+A moment is a random number of messages the fake accepts from that process (not a random
+number of seconds), so every kill lands in the middle of a drain however fast the machine is:
+timed kills let a fast machine drain the whole backlog before the last ones.
+
 What the database and the fake provider say afterwards: every reminder went out (none lost);
 a message went out twice only for a delivery that was in flight (``sending``) at a kill, never
 more such duplicates per kill than the dispatch concurrency, and each of those deliveries was
@@ -40,6 +44,7 @@ pytestmark = [
 BACKLOG = 5000
 KILLS = 10
 SEED = 20260304  # the kill moments; printed with the counts
+MOST_PER_RUN = 300  # a kill comes after 1 to this many messages from that process
 CONCURRENCY = 8
 LEASE, GRACE = 5, 5  # seconds: REMINDERS_LEASE_SECONDS, REMINDERS_IN_DOUBT_GRACE_SECONDS
 
@@ -58,7 +63,8 @@ def database() -> Iterator[Engine]:
 class Kill:
     """What one ``kill -9`` cut off: the deliveries that were ``sending`` at that moment."""
 
-    after_seconds: float
+    after_messages: int  # the fake accepted this many from the killed process, then the kill
+    after_seconds: float  # from its first message
     in_doubt: dict[int, str] = field(default_factory=dict)  # delivery id -> its public id
     reminders: set[int] = field(default_factory=set)
     callbacks: int = 0  # late status callbacks posted for the ones the provider had
@@ -142,14 +148,16 @@ def _run_and_kill(
         if kills and len(kills) % 2 == 0:  # every other restart, the provider's late word
             process.wait_ready()
             _post_late_callbacks(twilio, kills[-1])
-        _wait_until_sending(process, twilio)
-        moment = rng.uniform(0.0, 2.5)  # a random moment of the drain
-        _sleep_while_running(process, moment)
+        before = twilio.received
+        _wait_until_sending(process, twilio, before)
+        started, moment = time.monotonic(), rng.randint(1, MOST_PER_RUN)
+        _wait_until_received(process, twilio, before + moment)
         process.kill()
+        seconds = time.monotonic() - started
         _wait_for_its_connections_to_end(engine)
         cut = _sending(engine, seen)
         seen.update(cut)
-        kill = Kill(round(moment, 2), {d: p for d, (_, p) in cut.items()})
+        kill = Kill(moment, round(seconds, 2), {d: p for d, (_, p) in cut.items()})
         kill.reminders = {r for r, _ in cut.values()}
         kills.append(kill)
     return kills
@@ -171,17 +179,14 @@ def _wait_for_its_connections_to_end(engine: Engine) -> None:
     wait_until(gone, 30, "the killed process's database sessions to end", 0.05)
 
 
-def _wait_until_sending(process: ServiceProcess, twilio: FakeTwilio) -> None:
+def _wait_until_sending(process: ServiceProcess, twilio: FakeTwilio, before: int) -> None:
     """Until this process has sent its first message (it starts up in a few seconds)."""
-    before = len(twilio.requests)
-    process.wait_for("a send", lambda: len(twilio.requests) > before, 60)
+    process.wait_for("a send", lambda: twilio.received > before, 60)
 
 
-def _sleep_while_running(process: ServiceProcess, seconds: float) -> None:
-    deadline = time.monotonic() + seconds
-    while time.monotonic() < deadline:
-        assert process.running(), process.tail()
-        time.sleep(0.01)
+def _wait_until_received(process: ServiceProcess, twilio: FakeTwilio, count: int) -> None:
+    """Until the fake has ``count`` messages in all, looking every 2 ms."""
+    process.wait_for(f"message {count}", lambda: twilio.received >= count, 60, poll=0.002)
 
 
 @pytest.mark.timeout(420)
@@ -209,7 +214,10 @@ def test_kill_9_at_random_moments_loses_nothing_and_duplicates_only_what_was_in_
         "crash",
         tally.counts,
         seed=SEED,
-        kills=[{"after_s": k.after_seconds, "in_doubt": len(k.in_doubt)} for k in kills],
+        kills=[
+            {"after": k.after_messages, "after_s": k.after_seconds, "in_doubt": len(k.in_doubt)}
+            for k in kills
+        ],
         settled_by_callback=sum(k.callbacks for k in kills),
         abandoned_and_resent=list(tally.settled.values()).count("abandoned"),
     )

@@ -204,6 +204,12 @@ class FakeServer:
         with self._lock:
             return list(self._requests)
 
+    @property
+    def received(self) -> int:
+        """How many requests arrived (cheap enough to poll every millisecond)."""
+        with self._lock:
+            return len(self._requests)
+
     def wait_for_requests(self, count: int, timeout: float = 5.0) -> list[RecordedRequest]:
         """Block until at least ``count`` requests arrived; raise TimeoutError otherwise."""
         with self._lock:

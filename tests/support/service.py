@@ -36,6 +36,7 @@ ROOT = Path(__file__).resolve().parents[2]
 CONFIG = ROOT / "config"
 _PRINTED = re.compile(r"^--- \w+ to .* \(reminder (\d+)\)$", re.MULTILINE)
 _OPENER = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+_STARTED: list[ServiceProcess] = []  # every process started in the current test
 
 
 def free_port() -> int:
@@ -92,6 +93,7 @@ class ServiceProcess:
             self.process = subprocess.Popen(
                 self.argv, env=self.env, cwd=self.workdir, stdout=out, stderr=err
             )
+        _STARTED.append(self)
         return self
 
     @property
@@ -113,14 +115,16 @@ class ServiceProcess:
         except OSError:
             return 0
 
-    def wait_for(self, what: str, check: Callable[[], bool], timeout: float) -> None:
+    def wait_for(
+        self, what: str, check: Callable[[], bool], timeout: float, poll: float = 0.1
+    ) -> None:
         deadline = time.monotonic() + timeout
         while not check():
             if not self.running():
                 raise AssertionError(f"{self.name} exited while waiting for {what}:\n{self.tail()}")
             if time.monotonic() > deadline:
                 raise AssertionError(f"{self.name}: no {what} after {timeout} s:\n{self.tail()}")
-            time.sleep(0.1)
+            time.sleep(poll)
 
     def wait_ready(self, timeout: float = 60.0) -> None:
         self.wait_for("/readyz 200", lambda: self.get("/readyz") == 200, timeout)
@@ -162,6 +166,16 @@ class ServiceProcess:
 
     def tail(self, lines: int = 30) -> str:
         return "\n".join(self.stderr().splitlines()[-lines:])
+
+
+def kill_leftovers() -> list[str]:
+    """``kill -9`` every process the current test started and left running (a test that
+    failed half-way), and wait for each: the names of those that were still running."""
+    left = [process for process in _STARTED if process.running()]
+    for process in left:
+        process.kill()
+    _STARTED.clear()
+    return [process.name for process in left]
 
 
 def proc_cmdline(pid: int) -> list[str]:
