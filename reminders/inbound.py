@@ -2,7 +2,9 @@
 
 ``STOP`` opts the sending number out of the channel it wrote on (SMS, or WhatsApp when ``From``
 starts with ``whatsapp:``) for every patient with that number; ``START`` undoes it; ``HELP``
-gets the clinic's contact line; anything else is stored against the patient for staff. Twilio's
+gets the clinic's contact line in the patient's language (for a number we do not know: the
+language of the keyword, ``YARDIM`` is Turkish, else the clinic's); anything else is stored
+against the patient for staff. Twilio's
 Advanced Opt-Out verdict (``OptOutType``) wins over our reading of the body, which follows
 Twilio's default keywords and their Turkish equivalents: the whole body, case-insensitive.
 Repeats of one ``MessageSid`` count once. Bodies are stored (staff read them) and never logged.
@@ -20,6 +22,7 @@ from sqlalchemy.orm import Session
 from reminders import consents, queries
 from reminders.models import Channel, Patient, Reply
 from reminders.settings import Settings
+from reminders.templating import language_chain
 
 WHATSAPP_PREFIX = "whatsapp:"
 
@@ -42,6 +45,26 @@ KEYWORDS: dict[str, Kind] = {
     **dict.fromkeys(("BAŞLA", "BASLA", "EVET"), Kind.START),
     "YARDIM": Kind.HELP,
 }
+TURKISH = frozenset(("RET", "İPTAL", "IPTAL", "DUR", "BAŞLA", "BASLA", "EVET", "YARDIM"))
+
+# The HELP answer per language: {clinic}, {contact}; the contact line with and without a phone.
+HELP_TEXTS: dict[str, tuple[str, str, str]] = {
+    "en": (
+        "{clinic}: treatment reminders. For help {contact}. Reply STOP to stop these messages.",
+        "call {phone}",
+        "contact the clinic",
+    ),
+    "tr": (
+        "{clinic}: tedavi hatırlatmaları. Yardım için {contact}. "
+        "Bu mesajları durdurmak için STOP yazın.",
+        "{phone} numarasını arayın",
+        "kliniğe başvurun",
+    ),
+}
+
+
+def _keyword(body: str) -> str:
+    return body.strip().rstrip(".!").strip().upper()
 
 
 def classify(body: str, opt_out_type: str | None = None) -> Kind:
@@ -49,7 +72,7 @@ def classify(body: str, opt_out_type: str | None = None) -> Kind:
     verdict = (opt_out_type or "").strip().lower()
     if verdict in (Kind.STOP, Kind.START, Kind.HELP):
         return Kind(verdict)
-    return KEYWORDS.get(body.strip().rstrip(".!").strip().upper(), Kind.OTHER)
+    return KEYWORDS.get(_keyword(body), Kind.OTHER)
 
 
 @dataclass(frozen=True)
@@ -76,6 +99,7 @@ class Received:
     patients: int  # patients with that number
     changed: int  # consents that this message stopped or restarted
     repeat: bool  # Twilio posted this message before
+    language: str | None = None  # the first patient's with that number, or the keyword's
 
 
 def patients_with(session: Session, channel: Channel, number: str) -> list[Patient]:
@@ -92,8 +116,9 @@ def receive(session: Session, message: Inbound, *, now: dt.datetime) -> Received
     """Store the message and act on it (opt-out, opt-in); the caller answers HELP."""
     kind = classify(message.body, message.opt_out_type)
     patients = patients_with(session, message.channel, message.number)
+    language = patients[0].language if patients else _language_of(message.body)
     if not queries.first_seen(session, "twilio_inbound", message.message_id, now):
-        return Received(kind, len(patients), 0, repeat=True)
+        return Received(kind, len(patients), 0, repeat=True, language=language)
     session.add(
         Reply(
             patient_id=patients[0].id if patients else None,
@@ -106,7 +131,11 @@ def receive(session: Session, message: Inbound, *, now: dt.datetime) -> Received
         )
     )
     changed = sum(_act(session, p, kind, message, now) for p in patients)
-    return Received(kind, len(patients), changed, repeat=False)
+    return Received(kind, len(patients), changed, repeat=False, language=language)
+
+
+def _language_of(body: str) -> str | None:
+    return "tr" if _keyword(body) in TURKISH else None
 
 
 def _act(
@@ -122,10 +151,11 @@ def _act(
     return False
 
 
-def help_text(settings: Settings) -> str:
-    """The HELP answer: who we are and how to reach the clinic."""
-    contact = f"call {settings.clinic_phone}" if settings.clinic_phone else "contact the clinic"
-    return (
-        f"{settings.clinic_name}: treatment reminders. For help {contact}. "
-        "Reply STOP to stop these messages."
-    )
+def help_text(settings: Settings, language: str | None = None) -> str:
+    """The HELP answer, who we are and how to reach the clinic, in ``language`` (its base
+    language, the clinic's default, or English when we have no text for it)."""
+    chain = language_chain(language or settings.default_language, settings.default_language)
+    text, call, no_phone = next((HELP_TEXTS[c] for c in chain if c in HELP_TEXTS), HELP_TEXTS["en"])
+    phone = settings.clinic_phone
+    contact = call.format(phone=phone) if phone else no_phone
+    return text.format(clinic=settings.clinic_name, contact=contact)

@@ -417,6 +417,47 @@ def test_help_answers_with_the_clinic_contact_line(web, client, twilio, opt_out_
     assert [r.kind for r in replies(web)] == ["help"]
 
 
+@pytest.mark.parametrize(
+    ("language", "body", "expected"),
+    [
+        ("tr", "HELP", "Example Clinic: tedavi hatırlatmaları. Yardım için +90 212 000 00 00"),
+        ("tr_TR", "yardım", "Example Clinic: tedavi hatırlatmaları"),
+        ("en", "YARDIM", "Example Clinic: treatment reminders. For help call +90 212 000 00 00"),
+        ("pt_BR", "HELP", "Example Clinic: treatment reminders."),  # no Portuguese text: English
+    ],
+)
+def test_help_is_answered_in_the_patients_language(
+    web, client, twilio, language, body, expected
+) -> None:
+    _, phone = new_patient(web, language=language)
+    answer = twilio_post(client, twilio, INBOUND_PATH, inbound_params(phone, body))
+    assert answer.status_code == 200
+    assert f"<Message>{expected}" in answer.text
+
+
+@pytest.mark.parametrize(
+    ("body", "default", "expected"),
+    [
+        ("YARDIM", "en", "Yardım için +90 212 000 00 00 numarasını arayın."),
+        ("HELP", "en", "For help call +90 212 000 00 00."),
+        ("HELP", "tr", "Yardım için +90 212 000 00 00 numarasını arayın."),
+    ],
+)
+def test_help_from_an_unknown_number_follows_the_keyword_then_the_clinic(
+    web, client, twilio, body, default, expected
+) -> None:
+    web.settings = web.settings.model_copy(update={"default_language": default})
+    answer = twilio_post(client, twilio, INBOUND_PATH, inbound_params("+15555550100", body))
+    assert answer.status_code == 200 and expected in answer.text
+
+
+def test_help_without_a_clinic_phone_says_to_contact_the_clinic(web, client, twilio) -> None:
+    web.settings = web.settings.model_copy(update={"clinic_phone": ""})
+    _, phone = new_patient(web, language="tr")
+    answer = twilio_post(client, twilio, INBOUND_PATH, inbound_params(phone, "YARDIM"))
+    assert "Yardım için kliniğe başvurun." in answer.text
+
+
 def test_a_repeated_inbound_message_is_stored_once(web, client, twilio) -> None:
     _, phone = new_patient(web)
     params = inbound_params(phone, "Can you call me?")

@@ -90,7 +90,7 @@ def handle_inbound(runtime: Runtime, form: Form, now: dt.datetime) -> tuple[str,
     _count(runtime, message, received)
     answer = MessagingResponse()
     if received.kind == inbound.Kind.HELP:
-        answer.message(inbound.help_text(runtime.settings))
+        answer.message(inbound.help_text(runtime.settings, received.language))
     outcome = "duplicate" if received.repeat else received.kind.value
     return outcome, str(answer)
 
