@@ -4,7 +4,10 @@ The claim is one short transaction. The claimed batch is then prepared in one mo
 reminders, their treatments, patients and consents, superseded treatments, failed channels and
 staff templates are read in a few queries; the moot ones (expired, deleted, superseded,
 inactive, outside the send window, no channel) are ended or put back with bulk statements; the
-rest are rendered. Provider calls run on the worker threads with no transaction open.
+rest are rendered. Provider calls run on the worker threads with no transaction open. Each
+message must reach the patient before its send window ends (or the reminder expires, if
+sooner): a call whose turn comes later is not made (``too_late``, retried in the next window),
+and Twilio is told how long it may hold the message (``valid_for``).
 
 A delivery row is written (``sending``) and committed before its provider call, and by default
 no more deliveries are ``sending`` at once than calls can be in flight (``dispatch_concurrency``),
@@ -29,6 +32,7 @@ records its own outcome, which settles the in-doubt reminder.
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import threading
 import time
@@ -46,7 +50,7 @@ from reminders import db, deliveries, queries, template_store
 from reminders.channels import ChannelError, ErrorKind, OutboundMessage, calendar, segments
 from reminders.deliveries import Claimed
 from reminders.logs import get_logger
-from reminders.models import Channel, DeliveryStatus, ReminderStatus, Treatment
+from reminders.models import Channel, DeliveryStatus, Patient, ReminderStatus, Treatment
 from reminders.outcomes import Attempt, ChannelPauses, Done, Outcomes
 from reminders.planning import usable_channels
 from reminders.ratelimit import Limiter, SharedRateLimiter
@@ -63,6 +67,7 @@ CLOSE_SECONDS = 5.0  # how long close() waits for provider calls in flight
 POLL_SECONDS = 0.2  # how often the dispatcher looks at close() while sends are in flight
 CONFLICT_TRIES = 5  # a step the database rolled back for a lock conflict is run again
 PAUSED_MESSAGE = "not sent: the channel was paused by a misconfiguration error"
+TOO_LATE_MESSAGE = "not sent: the send window closed (or the reminder expired) before its turn"
 
 __all__ = ["Attempt", "ChannelPauses", "Dispatcher"]
 
@@ -75,6 +80,8 @@ class Ready:
     message: OutboundMessage
     zone: str
     patient_id: int
+    send_by: dt.datetime  # the send window's end or the reminder's expiry, whichever is first
+    since: float  # time.monotonic() at the batch's ``now``
 
 
 class Dispatcher:
@@ -163,6 +170,7 @@ class Dispatcher:
         """Every claimed reminder of ``ids`` to its next state: what happened to each."""
         results: dict[int, str] = {}
         todo = list(ids)
+        since = time.monotonic()  # ``now`` moves on from here (a send must not come too late)
         try:
             for _ in range(len(Channel) + 1):
                 if not todo:
@@ -171,7 +179,7 @@ class Dispatcher:
                     results.update(self._give_back(todo, now))
                     todo = []
                     break
-                ready = self._prepare(todo, now, results)
+                ready = self._prepare(todo, now, since, results)
                 todo = self._send_all(ready, now, results)
             results.update(dict.fromkeys(todo, "fallback_loop"))
         except Exception:
@@ -187,14 +195,16 @@ class Dispatcher:
 
     # --- preparing: one transaction for the batch ---------------------------------------------
 
-    def _prepare(self, ids: list[int], now: dt.datetime, results: dict[int, str]) -> list[Ready]:
+    def _prepare(
+        self, ids: list[int], now: dt.datetime, since: float, results: dict[int, str]
+    ) -> list[Ready]:
         with self.runtime.sessions() as session, session.begin():
             claimed = deliveries.load_claimed(session, ids, self.owner)
             held = {c.id for c in claimed}
             results.update({i: "lost_claim" for i in ids if i not in held})
             if not claimed:
                 return []
-            batch = _Batch(self, session, claimed, now)
+            batch = _Batch(self, session, claimed, now, since)
             ready = [r for c in claimed if (r := batch.prepare(c)) is not None]
             batch.write()
         results.update(batch.results)
@@ -379,6 +389,8 @@ class Dispatcher:
                 zone=r.zone,
                 patient_id=r.patient_id,
                 now=now,
+                send_by=r.send_by,
+                since=r.since,
             )
             for delivery_id, r in zip(ids, start, strict=True)
         ]
@@ -394,8 +406,17 @@ class Dispatcher:
             self.limiters[message.channel].acquire(self.stopping, cost=_slots(message))
         if self.stopping.is_set():
             return Done(attempt)
+        left = attempt.seconds_left()
+        if left is not None:
+            if left <= 0:
+                # It waited (for the rate limit) until the window closed or the reminder
+                # expired: retried in the next window, or the reminder expires.
+                late = ChannelError(ErrorKind.TRANSIENT, TOO_LATE_MESSAGE, code="too_late")
+                log.info("send_too_late", reminder_id=message.reminder_id, channel=message.channel)
+                return Done(attempt, error=late)
+            message = dataclasses.replace(message, valid_for=left)
         try:
-            receipt = attempt.sender.send(attempt.message)
+            receipt = attempt.sender.send(message)
         except ChannelError as exc:
             self.outcomes.refused(attempt, exc)
             return Done(attempt, error=exc)
@@ -409,9 +430,14 @@ class _Batch:
     """Preparing one claimed batch inside one transaction."""
 
     def __init__(
-        self, dispatcher: Dispatcher, session: Session, claimed: list[Claimed], now: dt.datetime
+        self,
+        dispatcher: Dispatcher,
+        session: Session,
+        claimed: list[Claimed],
+        now: dt.datetime,
+        since: float,  # time.monotonic() at ``now``
     ) -> None:
-        self.d, self.session, self.now = dispatcher, session, now
+        self.d, self.session, self.now, self.since = dispatcher, session, now, since
         self.runtime = dispatcher.runtime
         self.results: dict[int, str] = {}
         self.treatments = deliveries.load_treatments(session, {c.treatment_id for c in claimed})
@@ -462,7 +488,13 @@ class _Batch:
                 public_url=self.runtime.settings.public_url,
             )
             message = OutboundMessage(channel, address, content, uuid.uuid4().hex, c.id, ics)
-            return Ready(c, message, patient.timezone, patient.id)
+            send_by = self._send_by(c, patient)
+            return Ready(c, message, patient.timezone, patient.id, send_by, self.since)
+
+    def _send_by(self, c: Claimed, patient: Patient) -> dt.datetime:
+        """Not to reach the patient after the send window's end or the reminder's expiry."""
+        closes = self.runtime.timing.send_window.closes(self.now, ZoneInfo(patient.timezone))
+        return min(closes, c.expires_at)
 
     def _moot(self, c: Claimed, treatment: Treatment) -> bool:
         """End a reminder that no longer makes sense; hold one outside the send window."""

@@ -87,6 +87,15 @@ class Attempt:
     zone: str  # the patient's time zone (send windows are local to the patient)
     patient_id: int
     now: dt.datetime  # the dispatch pass's moment, at which the outcome is recorded
+    send_by: dt.datetime | None = None  # not to reach the patient after (window end, expiry)
+    since: float = 0.0  # time.monotonic() at ``now``: the pass's clock moves on from there
+
+    def seconds_left(self) -> float | None:
+        """Until ``send_by`` on the pass's clock: ``now`` moved on by the time since."""
+        if self.send_by is None:
+            return None
+        elapsed = time.monotonic() - self.since
+        return (self.send_by - self.now).total_seconds() - elapsed
 
 
 @dataclass

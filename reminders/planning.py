@@ -57,6 +57,11 @@ class SendWindow:
     def contains(self, moment: dt.datetime, zone: ZoneInfo) -> bool:
         return self.next_allowed(moment, zone) == moment.astimezone(UTC)
 
+    def closes(self, moment: dt.datetime, zone: ZoneInfo) -> dt.datetime:
+        """When the window that ``moment`` is in (or the next one) ends, in UTC."""
+        opens = self.next_allowed(moment, zone).astimezone(zone)
+        return at_local(opens.date(), self.end, zone)
+
 
 @dataclass(frozen=True)
 class Timing:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import time
 from email.utils import format_datetime
@@ -62,6 +63,20 @@ def test_a_messaging_service_is_preferred_to_a_number(settings, twilio) -> None:
 def test_there_is_no_status_callback_without_a_public_url(settings, twilio) -> None:
     sms_sender(settings, twilio, public_url=None).send(outbound("sms", PATIENT))
     assert "StatusCallback" not in twilio.messages[0].params
+
+
+@pytest.mark.parametrize(
+    ("valid_for", "validity"),
+    [(3600.7, "3600"), (2.0, "5"), (0.2, "5"), (50_000.0, "36000"), (None, None)],
+)
+def test_twilio_may_hold_it_only_as_long_as_it_is_valid_for(
+    settings, twilio, valid_for, validity
+) -> None:
+    """``ValidityPeriod``: whole seconds within the 5 (Twilio's advice) to 36,000 (its limit)
+    it takes; none (its 10 h default) when the message has no limit."""
+    message = dataclasses.replace(outbound("sms", PATIENT), valid_for=valid_for)
+    sms_sender(settings, twilio).send(message)
+    assert twilio.messages[0].params.get("ValidityPeriod") == validity
 
 
 def test_a_turkish_body_is_recorded_as_ucs2_with_its_segment_count(settings, twilio) -> None:

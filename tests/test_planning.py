@@ -268,6 +268,21 @@ def test_the_send_window_holds_a_moment_until_the_next_local_morning(
     assert WINDOW.next_allowed(utc(moment), NEW_YORK) == utc(allowed)
 
 
+@pytest.mark.parametrize(
+    ("moment", "closes"),
+    [
+        ("2026-01-14T16:30", "2026-01-15T01:00"),  # 11:30 EST: at 20:00 EST
+        ("2026-01-15T00:59", "2026-01-15T01:00"),  # 19:59 EST: in a minute
+        ("2026-01-14T07:00", "2026-01-15T01:00"),  # 02:00 EST: the day's window, not yet open
+        ("2026-01-15T01:00", "2026-01-16T01:00"),  # 20:00 EST: closed, so tomorrow's
+        ("2026-03-08T15:00", "2026-03-09T00:00"),  # the DST day: 20:00 EDT
+        ("2026-11-01T15:00", "2026-11-02T01:00"),  # clocks went back: 20:00 EST
+    ],
+)
+def test_the_send_window_closes_at_its_local_end(moment: str, closes: str) -> None:
+    assert WINDOW.closes(utc(moment), NEW_YORK) == utc(closes)
+
+
 ZONES = ["Europe/Istanbul", "Europe/Berlin", "America/New_York", "Asia/Tokyo", "Pacific/Auckland"]
 
 

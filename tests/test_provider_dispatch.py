@@ -157,6 +157,67 @@ def test_whatsapp_without_an_approved_template_sends_no_free_text(live, twilio) 
     assert reminder.channel == "sms"
 
 
+# not to arrive late: Twilio may hold a message only until the window closes or it expires ---------
+
+
+def validity(message: Any) -> int:
+    return int(message.params["ValidityPeriod"])
+
+
+def test_an_sms_may_wait_at_twilio_until_the_send_window_closes(live, twilio) -> None:
+    due_patient(live, channels="sms")  # Istanbul: NOW is 11:00, the window closes at 20:00
+    assert dispatch(live) == Counter(sent=1)
+    [message] = twilio.messages
+    assert 9 * 3600 - 30 <= validity(message) <= 9 * 3600
+
+
+def test_late_in_the_day_it_may_wait_only_the_rest_of_the_window(live, twilio) -> None:
+    due_patient(live, channels="sms", timezone="America/New_York")
+    evening = dt.datetime(2026, 3, 4, 23, 30, tzinfo=dt.UTC)  # 18:30 in New York (EST)
+    assert dispatch(live, evening) == Counter(sent=1)
+    [message] = twilio.messages
+    assert 5400 - 30 <= validity(message) <= 5400
+
+
+def test_a_reminder_expiring_before_the_window_closes_may_wait_only_until_then(
+    live, twilio
+) -> None:
+    pid = due_patient(live, channels="whatsapp", whatsapp="+905431970001")
+    approve_whatsapp_template(live)
+    with live.sessions() as s, s.begin():
+        reminder = s.scalars(select(Reminder).where(Reminder.patient_id == pid)).first()
+        assert reminder is not None
+        reminder.expires_at = NOW + dt.timedelta(minutes=10)
+    assert dispatch(live) == Counter(sent=1)
+    [message] = twilio.messages
+    assert 600 - 30 <= validity(message) <= 600
+
+
+def test_a_send_that_waited_past_the_windows_end_is_not_made_but_retried_next_morning(
+    settings, twilio
+) -> None:
+    """A rate of one SMS a second and the window closing 0.5 s after the pass begins: the first
+    goes out (Twilio may hold it the 5 s it advises at least), the others would arrive after
+    20:00, so they are not sent: each is retried in the next window."""
+    closing = dt.datetime(2026, 3, 4, 16, 59, 59, 500_000, tzinfo=dt.UTC)  # 19:59:59.5 local
+    with live_runtime(provider_settings(settings, twilio, sms_rate=1.0)) as rt:
+        pids = [due_patient(rt, channels="sms") for _ in range(3)]
+        assert dispatch(rt, closing) == Counter(sent=1, retry=2)
+        [message] = twilio.messages
+        assert validity(message) == 5
+        morning = dt.datetime(2026, 3, 5, 6, 0, tzinfo=dt.UTC)  # 09:00 local
+        late = []
+        for pid in pids:
+            reminder, deliveries = due_reminder(rt, pid)
+            if reminder.status == "sent":
+                continue
+            assert morning <= reminder.next_attempt_at <= morning + dt.timedelta(minutes=5)
+            assert (reminder.status, reminder.attempts) == ("pending", 1)
+            [delivery] = deliveries
+            late.append((delivery.status, delivery.error_code, delivery.permanent))
+        assert late == [("failed", "too_late", False)] * 2
+
+
 # permanent for this address: fall back --------------------------------------------------------
 
 

@@ -56,6 +56,10 @@ class OutboundMessage:
     delivery_id: str  # unguessable public id, echoed back by provider callbacks
     reminder_id: int
     attachments: tuple[Attachment, ...] = ()
+    # Seconds left, at the call, for it to reach the patient (until the send window's end or
+    # the reminder's expiry, whichever is first): Twilio drops it if still queued then
+    # (``ValidityPeriod``). None: no limit of ours.
+    valid_for: float | None = None
 
 
 @dataclass(frozen=True)

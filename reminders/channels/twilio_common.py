@@ -36,6 +36,7 @@ from reminders.settings import Settings
 OPTED_OUT_CODES = frozenset({21610})
 PERMANENT_CODES = frozenset({21211, 21408, 21612, 21614, 63003})
 TRANSIENT_CODES = frozenset({20429, 21611, 20500, 20503})
+MIN_VALIDITY, MAX_VALIDITY = 5, 36_000  # ValidityPeriod, seconds
 # A non-empty mapping: with an empty one the SDK would read os.environ instead.
 _NO_ENVIRONMENT: Mapping[str, str] = {"REMINDERS_TWILIO_CONFIG": "explicit"}
 
@@ -117,6 +118,8 @@ class Twilio:
         callback = self.status_callback(message.delivery_id)
         if callback:
             params["status_callback"] = callback
+        if message.valid_for is not None:
+            params["validity_period"] = validity_period(message.valid_for)
         try:
             return self._messages.create(**params)
         except (TwilioRestException, TwilioServiceException) as exc:
@@ -135,6 +138,12 @@ class Twilio:
             wait = retry_after(self._http.last_headers, self._clock())
             return ChannelError(ErrorKind.TRANSIENT, text, code=label, retry_after=wait)
         return ChannelError(ErrorKind.MISCONFIGURED, text, code=label)
+
+
+def validity_period(seconds: float) -> int:
+    """How long Twilio may keep the message queued: ``seconds``, within the 5 s (its advice)
+    to 36,000 s (its limit, and default) it takes."""
+    return max(MIN_VALIDITY, min(MAX_VALIDITY, int(seconds)))
 
 
 def unanswered(exc: requests.RequestException) -> ChannelError:
