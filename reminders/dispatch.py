@@ -6,7 +6,8 @@ staff templates are read in a few queries; the moot ones (expired, deleted, supe
 inactive, outside the send window, no channel) are ended or put back with bulk statements; the
 rest are rendered. Provider calls run on the worker threads with no transaction open. Each
 message must reach the patient before its send window ends (or the reminder expires, if
-sooner): a call whose turn comes later is not made (``too_late``, retried in the next window),
+sooner): a call whose turn comes later is not made (``too_late``: the next window, no attempt
+counted),
 and Twilio is told how long it may hold the message (``valid_for``).
 
 A delivery row is written (``sending``) and committed before its provider call, and by default
@@ -51,7 +52,7 @@ from reminders.channels import ChannelError, ErrorKind, OutboundMessage, calenda
 from reminders.deliveries import Claimed
 from reminders.logs import get_logger
 from reminders.models import Channel, DeliveryStatus, Patient, ReminderStatus, Treatment
-from reminders.outcomes import Attempt, ChannelPauses, Done, Outcomes
+from reminders.outcomes import TOO_LATE, Attempt, ChannelPauses, Done, Outcomes
 from reminders.planning import usable_channels
 from reminders.ratelimit import Limiter, SharedRateLimiter
 from reminders.retry import RetryPolicy
@@ -410,8 +411,8 @@ class Dispatcher:
         if left is not None:
             if left <= 0:
                 # It waited (for the rate limit) until the window closed or the reminder
-                # expired: retried in the next window, or the reminder expires.
-                late = ChannelError(ErrorKind.TRANSIENT, TOO_LATE_MESSAGE, code="too_late")
+                # expired: it waits for the next window, or expires (Outcomes._too_late).
+                late = ChannelError(ErrorKind.TRANSIENT, TOO_LATE_MESSAGE, code=TOO_LATE)
                 log.info("send_too_late", reminder_id=message.reminder_id, channel=message.channel)
                 return Done(attempt, error=late)
             message = dataclasses.replace(message, valid_for=left)

@@ -40,6 +40,7 @@ from reminders.runtime import Runtime
 log = get_logger(__name__)
 RS = ReminderStatus
 SHUTDOWN_MESSAGE = "not sent: the dispatcher was stopping"
+TOO_LATE = "too_late"  # the error code of a call not made: its turn came after ``send_by``
 
 
 class ChannelPauses:
@@ -200,6 +201,10 @@ class Outcomes:
                     rows.append(_row(a, DeliveryStatus.IN_DOUBT, error_code=code, error=str(exc)))
                     later.append((d, self._in_doubt(session, a, exc, mine)))
                     continue
+                if exc.code == TOO_LATE:
+                    rows.append(_row(a, DeliveryStatus.FAILED, error_code=code, error=str(exc)))
+                    later.append((d, self._too_late(session, a, exc, mine)))
+                    continue
                 permanent = exc.kind in (ErrorKind.PERMANENT, ErrorKind.OPTED_OUT)
                 row = _row(
                     a, DeliveryStatus.FAILED, error_code=code, error=str(exc), perm=permanent
@@ -287,6 +292,30 @@ class Outcomes:
             return "in_doubt"
 
         return in_doubt
+
+    def _too_late(
+        self, session: Session, a: Attempt, exc: ChannelError, mine: bool
+    ) -> Callable[[], str]:
+        """Not sent because its turn came after the send window closed (or the reminder
+        expired): no attempt is counted (the provider was never asked); it waits for the next
+        window, or expires."""
+
+        def too_late() -> str:
+            if not mine:
+                self._settle(session, a, accepted=False)
+                return "settled"
+            reminder_id = a.message.reminder_id
+            after = max(a.send_by or a.now, a.now)
+            at = self.runtime.timing.send_window.next_allowed(after, ZoneInfo(a.zone))
+            if at >= a.expires_at:
+                reason = "stale" if after >= a.expires_at else "send_window"
+                return self.end(session, [reminder_id], RS.EXPIRED, reason)
+            queries.reschedule(
+                session, reminder_id, self.owner, at=at, count_attempt=False, error=str(exc)
+            )
+            return "waiting_for_send_window"
+
+        return too_late
 
     def _refusal(
         self, session: Session, a: Attempt, exc: ChannelError, mine: bool

@@ -12,6 +12,7 @@ import time
 from collections import Counter
 from collections.abc import Iterator
 from contextlib import contextmanager
+from functools import partial
 from typing import Any
 
 import icalendar
@@ -193,16 +194,16 @@ def test_a_reminder_expiring_before_the_window_closes_may_wait_only_until_then(
     assert 600 - 30 <= validity(message) <= 600
 
 
-def test_a_send_that_waited_past_the_windows_end_is_not_made_but_retried_next_morning(
+def test_a_send_whose_turn_comes_after_the_window_closes_is_not_made_but_waits_for_morning(
     settings, twilio
 ) -> None:
     """A rate of one SMS a second and the window closing 0.5 s after the pass begins: the first
     goes out (Twilio may hold it the 5 s it advises at least), the others would arrive after
-    20:00, so they are not sent: each is retried in the next window."""
+    20:00, so they are not sent: they wait for 09:00, no attempt counted."""
     closing = dt.datetime(2026, 3, 4, 16, 59, 59, 500_000, tzinfo=dt.UTC)  # 19:59:59.5 local
     with live_runtime(provider_settings(settings, twilio, sms_rate=1.0)) as rt:
         pids = [due_patient(rt, channels="sms") for _ in range(3)]
-        assert dispatch(rt, closing) == Counter(sent=1, retry=2)
+        assert dispatch(rt, closing) == Counter(sent=1, waiting_for_send_window=2)
         [message] = twilio.messages
         assert validity(message) == 5
         morning = dt.datetime(2026, 3, 5, 6, 0, tzinfo=dt.UTC)  # 09:00 local
@@ -211,11 +212,26 @@ def test_a_send_that_waited_past_the_windows_end_is_not_made_but_retried_next_mo
             reminder, deliveries = due_reminder(rt, pid)
             if reminder.status == "sent":
                 continue
-            assert morning <= reminder.next_attempt_at <= morning + dt.timedelta(minutes=5)
-            assert (reminder.status, reminder.attempts) == ("pending", 1)
+            assert (reminder.status, reminder.attempts, reminder.next_attempt_at) == (
+                "pending",
+                0,
+                morning,
+            )
             [delivery] = deliveries
             late.append((delivery.status, delivery.error_code, delivery.permanent))
         assert late == [("failed", "too_late", False)] * 2
+
+
+def test_a_send_whose_turn_comes_after_the_reminder_expired_is_not_made(settings, twilio) -> None:
+    with live_runtime(provider_settings(settings, twilio, sms_rate=1.0)) as rt:
+        pids = [due_patient(rt, channels="sms") for _ in range(3)]
+        with rt.sessions() as s, s.begin():
+            for reminder in s.scalars(select(Reminder).where(Reminder.patient_id.in_(pids))):
+                reminder.expires_at = NOW + dt.timedelta(seconds=0.5)
+        assert dispatch(rt) == Counter(sent=1, expired=2)
+        assert len(twilio.messages) == 1
+        ends = sorted((r.status, r.reason) for r, _ in map(partial(due_reminder, rt), pids))
+        assert ends == [("expired", "stale"), ("expired", "stale"), ("sent", None)]
 
 
 # permanent for this address: fall back --------------------------------------------------------
