@@ -7,8 +7,7 @@ inactive, outside the send window, no channel) are ended or put back with bulk s
 rest are rendered. Provider calls run on the worker threads with no transaction open. Each
 message must reach the patient before its send window ends (or the reminder expires, if
 sooner): a call whose turn comes later is not made (``too_late``: the next window, no attempt
-counted),
-and Twilio is told how long it may hold the message (``valid_for``).
+counted), and Twilio is told how long it may hold the message (``valid_for``).
 
 A delivery row is written (``sending``) and committed before its provider call, and by default
 no more deliveries are ``sending`` at once than calls can be in flight (``dispatch_concurrency``),
@@ -408,14 +407,13 @@ class Dispatcher:
         if self.stopping.is_set():
             return Done(attempt)
         left = attempt.seconds_left()
-        if left is not None:
-            if left <= 0:
-                # It waited (for the rate limit) until the window closed or the reminder
-                # expired: it waits for the next window, or expires (Outcomes._too_late).
-                late = ChannelError(ErrorKind.TRANSIENT, TOO_LATE_MESSAGE, code=TOO_LATE)
-                log.info("send_too_late", reminder_id=message.reminder_id, channel=message.channel)
-                return Done(attempt, error=late)
-            message = dataclasses.replace(message, valid_for=left)
+        if left <= 0:
+            # It waited (for the rate limit) until the window closed or the reminder expired:
+            # it waits for the next window, or expires (Outcomes._too_late).
+            late = ChannelError(ErrorKind.TRANSIENT, TOO_LATE_MESSAGE, code=TOO_LATE)
+            log.info("send_too_late", reminder_id=message.reminder_id, channel=message.channel)
+            return Done(attempt, error=late)
+        message = dataclasses.replace(message, valid_for=left)
         try:
             receipt = attempt.sender.send(message)
         except ChannelError as exc:

@@ -4,9 +4,9 @@
 starts with ``whatsapp:``) for every patient with that number; ``START`` undoes it; ``HELP``
 gets the clinic's contact line in the patient's language (for a number we do not know: the
 language of the keyword, ``YARDIM`` is Turkish, else the clinic's); anything else is stored
-against the patient for staff. Twilio's
-Advanced Opt-Out verdict (``OptOutType``) wins over our reading of the body, which follows
-Twilio's default keywords and their Turkish equivalents: the whole body, case-insensitive.
+against the patient for staff. Twilio's Advanced Opt-Out verdict (``OptOutType``) wins over our
+reading of the body, which follows Twilio's default keywords and their Turkish equivalents: the
+whole body, case-insensitive.
 Repeats of one ``MessageSid`` count once. Bodies are stored (staff read them) and never logged.
 """
 
@@ -34,18 +34,20 @@ class Kind(enum.StrEnum):
     OTHER = "other"
 
 
-KEYWORDS: dict[str, Kind] = {
-    # Twilio's default keywords
+# Twilio's default keywords
+ENGLISH: dict[str, Kind] = {
     **dict.fromkeys(("STOP", "STOPALL", "UNSUBSCRIBE", "CANCEL", "END", "QUIT"), Kind.STOP),
     **dict.fromkeys(("START", "YES", "UNSTOP"), Kind.START),
     "HELP": Kind.HELP,
-    # Turkish: RET is the opt-out word of Turkey's message registry (IYS); with and without
-    # the Turkish letters, as phones often type them
+}
+# RET is the opt-out word of Turkey's message registry (IYS); with and without the Turkish
+# letters, as phones often type them
+TURKISH: dict[str, Kind] = {
     **dict.fromkeys(("RET", "İPTAL", "IPTAL", "DUR"), Kind.STOP),
     **dict.fromkeys(("BAŞLA", "BASLA", "EVET"), Kind.START),
     "YARDIM": Kind.HELP,
 }
-TURKISH = frozenset(("RET", "İPTAL", "IPTAL", "DUR", "BAŞLA", "BASLA", "EVET", "YARDIM"))
+KEYWORDS: dict[str, Kind] = {**ENGLISH, **TURKISH}
 
 # The HELP answer per language: {clinic}, {contact}; the contact line with and without a phone.
 HELP_TEXTS: dict[str, tuple[str, str, str]] = {

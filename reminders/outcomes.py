@@ -88,13 +88,11 @@ class Attempt:
     zone: str  # the patient's time zone (send windows are local to the patient)
     patient_id: int
     now: dt.datetime  # the dispatch pass's moment, at which the outcome is recorded
-    send_by: dt.datetime | None = None  # not to reach the patient after (window end, expiry)
-    since: float = 0.0  # time.monotonic() at ``now``: the pass's clock moves on from there
+    send_by: dt.datetime  # not to reach the patient after (the window's end, the expiry)
+    since: float  # time.monotonic() at ``now``: the pass's clock moves on from there
 
-    def seconds_left(self) -> float | None:
+    def seconds_left(self) -> float:
         """Until ``send_by`` on the pass's clock: ``now`` moved on by the time since."""
-        if self.send_by is None:
-            return None
         elapsed = time.monotonic() - self.since
         return (self.send_by - self.now).total_seconds() - elapsed
 
@@ -305,10 +303,9 @@ class Outcomes:
                 self._settle(session, a, accepted=False)
                 return "settled"
             reminder_id = a.message.reminder_id
-            after = max(a.send_by or a.now, a.now)
-            at = self.runtime.timing.send_window.next_allowed(after, ZoneInfo(a.zone))
+            at = self.runtime.timing.send_window.next_allowed(a.send_by, ZoneInfo(a.zone))
             if at >= a.expires_at:
-                reason = "stale" if after >= a.expires_at else "send_window"
+                reason = "stale" if a.send_by >= a.expires_at else "send_window"
                 return self.end(session, [reminder_id], RS.EXPIRED, reason)
             queries.reschedule(
                 session, reminder_id, self.owner, at=at, count_attempt=False, error=str(exc)
