@@ -32,5 +32,9 @@ def test_the_benchmarks_print_a_verdict_for_every_figure_at_toy_size() -> None:
     summary = done.stdout.split("== summary", 1)[-1]
     figures = {int(n) for n, backend, _ in LINE.findall(summary) if backend == BACKEND}
     assert figures == set(BENCHMARKS), summary
+    machine = r"machine: a fixed Python loop [\d.]+ ms \(best of 5\)"
+    if BACKEND == "postgresql":
+        machine += r", a PostgreSQL commit [\d.]+ ms"
+    assert re.search(machine, done.stdout), done.stdout[:500]
     # At toy size the planner may prefer any index (or none); full size checks which one.
     assert re.search(r"claim_due plan \(\w+\)", done.stdout), "the claim's plan is printed"

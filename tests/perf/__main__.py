@@ -30,8 +30,8 @@ from tests.perf import (
     bench_planning,
 )
 from tests.perf.context import Context
-from tests.perf.databases import BACKENDS
-from tests.perf.report import Report
+from tests.perf.databases import BACKENDS, postgres_base_url
+from tests.perf.report import Report, machine_speed
 from tests.perf.sizes import BY_NAME, FULL, QUICK, TOY
 
 Bench = Callable[[Context, str], None]
@@ -94,6 +94,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     report = Report()
     report.section(f"benchmarks, {args.sizes.name} sizes, on {', '.join(backends)}")
     with tempfile.TemporaryDirectory(prefix="reminders-perf-") as scratch:
+        report.note(machine_speed(postgres_base_url() if "postgresql" in backends else None))
         ctx = Context(args.sizes, report, Path(scratch))
         try:
             for backend in backends:

@@ -108,6 +108,37 @@ def _cpu_times() -> tuple[int, int]:
     return fields[3] + fields[4], sum(fields)
 
 
+def machine_speed(postgres_url: str | None) -> str:
+    """How fast this machine is now, for comparing runs (its speed has swung by x2.5 between
+    sessions): a fixed pure-Python loop (best of 5) and, with PostgreSQL, a commit that waits
+    for its WAL to reach the disk (median of 50)."""
+    loops = []
+    for _ in range(5):
+        began = time.perf_counter()
+        sum(i * i for i in range(1_000_000))
+        loops.append(time.perf_counter() - began)
+    line = f"machine: a fixed Python loop {ms(min(loops))} (best of 5)"
+    if postgres_url:
+        commit = _commit_seconds(postgres_url) * 1000
+        line += f", a PostgreSQL commit {commit:.2f} ms (median of 50)"
+    return line
+
+
+def _commit_seconds(url: str) -> float:
+    import psycopg  # only where PostgreSQL is measured
+
+    commits = []
+    with psycopg.connect(url.replace("postgresql+psycopg://", "postgresql://", 1)) as conn:
+        conn.execute("SET synchronous_commit = on")
+        conn.commit()
+        for _ in range(50):
+            began = time.perf_counter()
+            conn.execute("SELECT pg_current_xact_id()")  # a transaction id: a WAL flush
+            conn.commit()
+            commits.append(time.perf_counter() - began)
+    return sorted(commits)[len(commits) // 2]
+
+
 def ms(seconds: float) -> str:
     return f"{seconds * 1000:.1f} ms"
 
