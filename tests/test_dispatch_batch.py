@@ -380,6 +380,7 @@ SCENARIOS: dict[str, ChannelError | None] = {
     "2": ChannelError(ErrorKind.PERMANENT, "unknown number", code="21211"),  # email instead
     "3": ChannelError(ErrorKind.IN_DOUBT, "no answer", code="timeout"),  # left in doubt
     "4": ChannelError(ErrorKind.OPTED_OUT, "replied STOP", code="21610"),  # opt-out, email
+    "5": ChannelError(ErrorKind.TRANSIENT, "busy"),  # no code: the kind is recorded
 }
 
 
@@ -439,7 +440,8 @@ def test_on_postgresql_the_one_statement_step_writes_what_the_four_statements_wr
         assert dispatcher._one_statement  # on PostgreSQL
         dispatcher._one_statement = one_statement
         outcomes = dispatcher.run_once(now=now)
-        assert outcomes == {"sent": 3, "retry": 1, "in_doubt": 1}
+        assert outcomes == {"sent": 3, "retry": 2, "in_doubt": 1}
         runs.append(written(runtime, rids))
     assert runs[0] == runs[1]
-    assert [len(r["deliveries"]) for r in runs[0]] == [1, 1, 2, 1, 2]
+    assert [len(r["deliveries"]) for r in runs[0]] == [1, 1, 2, 1, 2, 1]
+    assert runs[0][5]["deliveries"][0]["error_code"] == "transient"
