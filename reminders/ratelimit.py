@@ -196,7 +196,7 @@ class SharedRateLimiter:
             slot = max(now, self._local_next, self._held_until)
             self._local_next = slot + self.interval
             return [slot]
-        if end is None:  # the row was just inserted (by this process or another)
+        if end is None:  # cannot be: the row was just inserted (by this process or another)
             raise RuntimeError(f"no send slot row for {self.channel}")
         start = end - count * self.interval
         return [start + i * self.interval for i in range(count)]

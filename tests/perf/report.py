@@ -13,6 +13,8 @@ import time
 from dataclasses import dataclass, field
 from typing import TextIO
 
+from reminders.db import make_engine
+
 PASS, FAIL, INFO = "PASS", "FAIL", "INFO"
 
 
@@ -125,17 +127,18 @@ def machine_speed(postgres_url: str | None) -> str:
 
 
 def _commit_seconds(url: str) -> float:
-    import psycopg  # only where PostgreSQL is measured
-
-    commits = []
-    with psycopg.connect(url.replace("postgresql+psycopg://", "postgresql://", 1)) as conn:
-        conn.execute("SET synchronous_commit = on")
-        conn.commit()
-        for _ in range(50):
-            began = time.perf_counter()
-            conn.execute("SELECT pg_current_xact_id()")  # a transaction id: a WAL flush
+    engine, commits = make_engine(url), []
+    try:
+        with engine.connect() as conn:
+            conn.exec_driver_sql("SET synchronous_commit = on")
             conn.commit()
-            commits.append(time.perf_counter() - began)
+            for _ in range(50):
+                began = time.perf_counter()
+                conn.exec_driver_sql("SELECT pg_current_xact_id()")  # an xid: a WAL flush
+                conn.commit()
+                commits.append(time.perf_counter() - began)
+    finally:
+        engine.dispose()
     return sorted(commits)[len(commits) // 2]
 
 
