@@ -117,7 +117,7 @@ class Dispatcher:
         # What a crash can leave in doubt; ``max_sending`` is for tests and measurements.
         self._max_sending = max_sending or threads * (1 + s.dispatch_ahead)
         self._pool = WorkerPool(threads, "dispatch")
-        # A step's writes after ``held``: one statement on PostgreSQL, four elsewhere.
+        # A step's claim check and writes: one statement on PostgreSQL, five elsewhere.
         self._one_statement = runtime.engine.dialect.name == "postgresql"
 
     def close(self, timeout: float = CLOSE_SECONDS) -> None:
@@ -305,10 +305,7 @@ class Dispatcher:
         results: dict[int, str],
     ) -> list[Attempt]:
         ids = {d.attempt.message.reminder_id for d in done} | {r.claimed.id for r in start}
-        held = deliveries.held(session, ids, self.owner)
-        results.update({r.claimed.id: "lost_claim" for r in start if r.claimed.id not in held})
-        start = [r for r in start if r.claimed.id in held]
-        rows = [
+        rows: list[dict[str, Any]] = [
             {
                 "reminder_id": r.claimed.id,
                 "channel": r.message.channel,
@@ -317,20 +314,36 @@ class Dispatcher:
             }
             for r in start
         ]
+        recording = self.outcomes.plan(session, done)
         if self._one_statement:
-            recording = self.outcomes.plan(session, done, held)
-            sent, wall = recording.sent, db.utcnow()
-            new = deliveries.write_step(
-                session, self.owner, recording.finished, sent, rows, now=now, wall=wall
+            step = deliveries.write_step(
+                session,
+                self.owner,
+                recording.finished,
+                recording.sent,
+                rows,
+                check=ids,
+                now=now,
+                wall=db.utcnow(),
             )
-            recording.follow_up()
+            held, started = step.held, step.started
         else:
+            held = deliveries.held(session, ids, self.owner)
             events: list[dict[str, Any]] = []
-            self.outcomes.record(session, done, held, events)
-            new = deliveries.start(session, rows)
-            events.extend(_event(i, DeliveryStatus.SENDING, now) for i in new)
+            self.outcomes.write(session, recording, events)
+            mine = [row for row in rows if row["reminder_id"] in held]
+            new_ids = deliveries.start(session, mine)
+            started = {row["reminder_id"]: i for row, i in zip(mine, new_ids, strict=True)}
+            events.extend(_event(i, DeliveryStatus.SENDING, now) for i in started.values())
             deliveries.add_events(session, events)
-        return [self._attempt(i, r, now) for i, r in zip(new, start, strict=True)]
+        recording.follow_up(held)
+        attempts = []
+        for r in start:
+            if (delivery_id := started.get(r.claimed.id)) is None:
+                results[r.claimed.id] = "lost_claim"
+            else:
+                attempts.append(self._attempt(delivery_id, r, now))
+        return attempts
 
     def _attempt(self, delivery_id: int, r: Ready, now: dt.datetime) -> Attempt:
         return Attempt(

@@ -7,11 +7,13 @@ needs no database (a rate-limit hold, a channel pause, the ``send_failed`` line)
 worker at once.
 
 Every change to a reminder checks that this dispatcher still holds its claim (``held``: the
-reminders locked at the start of the transaction); when the claim was lost to the in-doubt rule
-(a lease that ran out, or a shutdown while the call was in flight), the answer settles the
-in-doubt reminder instead, so a message the provider accepted is never sent again. A call that
-timed out after the request went out (``ErrorKind.IN_DOUBT``) leaves the same state on purpose:
-the delivery and the reminder ``in_doubt``, due again after the grace period, unclaimed.
+reminders locked at the start of the transaction or, on PostgreSQL, by the step's one
+statement, which marks sent and starts attempts only for those); when the claim was lost to
+the in-doubt rule (a lease that ran out, or a shutdown while the call was in flight), the
+answer settles the in-doubt reminder instead, so a message the provider accepted is never
+sent again. A call that timed out after the request went out (``ErrorKind.IN_DOUBT``)
+leaves the same state on purpose: the delivery and the reminder ``in_doubt``, due again after
+the grace period, unclaimed.
 """
 
 from __future__ import annotations
@@ -113,16 +115,19 @@ class Done:
 @dataclass
 class Recording:
     """What recording a group of outcomes writes: :func:`reminders.deliveries.finish_many`
-    rows, the reminders sent by (channel, moment), and the rarer outcomes, one at a time."""
+    rows, the reminders sent by (channel, moment) (the statement marks only those still held),
+    and the rest, one at a time once the claims are known (:meth:`follow_up`)."""
 
     finished: list[dict[str, Any]] = field(default_factory=list)
     sent: dict[tuple[str, dt.datetime], list[int]] = field(default_factory=dict)
-    later: list[tuple[Done, Callable[[], str]]] = field(default_factory=list)
+    later: list[tuple[Done, Callable[[bool], str]]] = field(default_factory=list)
 
-    def follow_up(self) -> None:
-        """The rarer outcomes, after the bulk writes (each sets its ``outcome``)."""
+    def follow_up(self, held: Collection[int]) -> None:
+        """After the bulk writes, with ``held`` the reminders still claimed (and locked): an
+        accepted send whose claim was lost settles its in-doubt reminder; the rarer outcomes
+        are written (each sets its ``outcome``)."""
         for d, follow_up in self.later:
-            outcome = follow_up()
+            outcome = follow_up(d.attempt.message.reminder_id in held)
             if d.outcome is None:
                 d.outcome = outcome
 
@@ -191,7 +196,13 @@ class Outcomes:
     ) -> None:
         """Write what ``done`` came to; ``held``: the reminders still claimed (and locked).
         Sets each one's ``outcome``; adds the delivery events to ``events``."""
-        recording = self.plan(session, done, held)
+        recording = self.plan(session, done)
+        self.write(session, recording, events)
+        recording.follow_up(held)
+
+    def write(self, session: Session, recording: Recording, events: list[dict[str, Any]]) -> None:
+        """The bulk writes of ``recording`` (the deliveries' rows, the reminders sent) in a
+        statement each; adds the delivery events to ``events``."""
         deliveries.finish_many(session, recording.finished)
         events.extend(
             {
@@ -205,45 +216,42 @@ class Outcomes:
         )
         for (channel, now), ids in recording.sent.items():
             deliveries.mark_sent(session, ids, self.owner, channel=channel, now=now)
-        recording.follow_up()
 
-    def plan(self, session: Session, done: list[Done], held: set[int]) -> Recording:
+    def plan(self, session: Session, done: list[Done]) -> Recording:
         """What recording ``done`` writes: the deliveries' rows and the reminders sent, for the
-        caller to write in bulk, then the rarer outcomes (:meth:`Recording.follow_up`)."""
+        caller to write in bulk, then the rest (:meth:`Recording.follow_up`), which depends on
+        whether each claim is still held."""
         recording = Recording()
         rows, sent, later = recording.finished, recording.sent, recording.later
         for d in done:
             a, reminder_id = d.attempt, d.attempt.message.reminder_id
-            mine = reminder_id in held
             if d.receipt is not None:
                 r = d.receipt
                 rows.append(_row(a, r.status, provider_id=r.provider_id, details=r.details or None))
                 d.outcome = "sent"
-                if mine:
-                    sent.setdefault((a.message.channel, a.now), []).append(reminder_id)
-                else:
-                    later.append((d, self._settler(session, a)))
+                sent.setdefault((a.message.channel, a.now), []).append(reminder_id)
+                later.append((d, partial(self._accepted, session, a)))
             elif d.error is None:
                 error = SHUTDOWN_MESSAGE
                 rows.append(_row(a, DeliveryStatus.FAILED, error_code="shutdown", error=error))
-                later.append((d, self._released(session, a, mine)))
+                later.append((d, partial(self._released, session, a)))
             else:
                 exc = d.error
                 code = exc.code or exc.kind
                 if exc.kind == ErrorKind.IN_DOUBT:
                     rows.append(_row(a, DeliveryStatus.IN_DOUBT, error_code=code, error=str(exc)))
-                    later.append((d, self._in_doubt(session, a, exc, mine)))
+                    later.append((d, partial(self._in_doubt, session, a, exc)))
                     continue
                 if exc.code == TOO_LATE:
                     rows.append(_row(a, DeliveryStatus.FAILED, error_code=code, error=str(exc)))
-                    later.append((d, self._too_late(session, a, exc, mine)))
+                    later.append((d, partial(self._too_late, session, a, exc)))
                     continue
                 permanent = exc.kind in (ErrorKind.PERMANENT, ErrorKind.OPTED_OUT)
                 row = _row(
                     a, DeliveryStatus.FAILED, error_code=code, error=str(exc), perm=permanent
                 )
                 rows.append(row)
-                later.append((d, self._refusal(session, a, exc, mine)))
+                later.append((d, partial(self._refusal, session, a, exc)))
         return recording
 
     def report(self, done: list[Done]) -> None:
@@ -265,98 +273,74 @@ class Outcomes:
 
     # --- one reminder at a time: the rarer outcomes --------------------------------------------
 
-    def _settler(self, session: Session, a: Attempt) -> Callable[[], str]:
-        """Accepted after the claim was lost: the in-doubt reminder is sent."""
-
-        def settle() -> str:
+    def _accepted(self, session: Session, a: Attempt, mine: bool) -> str:
+        """Accepted: marked sent with the others, or, when the claim was lost meanwhile, the
+        in-doubt reminder is settled as sent."""
+        if not mine:
             self._settle(session, a, accepted=True)
-            return "sent"
+        return "sent"
 
-        return settle
-
-    def _released(self, session: Session, a: Attempt, mine: bool) -> Callable[[], str]:
+    def _released(self, session: Session, a: Attempt, mine: bool) -> str:
         """Stopping before the provider call: the attempt never left, give the claim back."""
+        reminder_id = a.message.reminder_id
+        if not (mine and deliveries.put_back(session, [reminder_id], self.owner, at=a.now)):
+            self._settle(session, a, accepted=False)
+        return "released"
 
-        def release() -> str:
-            reminder_id = a.message.reminder_id
-            if not (mine and deliveries.put_back(session, [reminder_id], self.owner, at=a.now)):
-                self._settle(session, a, accepted=False)
-            return "released"
-
-        return release
-
-    def _in_doubt(
-        self, session: Session, a: Attempt, exc: ChannelError, mine: bool
-    ) -> Callable[[], str]:
+    def _in_doubt(self, session: Session, a: Attempt, exc: ChannelError, mine: bool) -> str:
         """No answer to a request that went out: neither retried nor failed over (the provider
         may have it), but left to the in-doubt rule, exactly as a crash mid-call would be."""
-
-        def in_doubt() -> str:
-            if mine:
-                grace = dt.timedelta(seconds=self.runtime.settings.in_doubt_grace_seconds)
-                session.execute(
-                    update(Reminder)
-                    .where(Reminder.id == a.message.reminder_id)
-                    .values(
-                        status=RS.IN_DOUBT,
-                        next_attempt_at=a.now + grace,
-                        last_error=str(exc)[:500],
-                        claimed_by=None,
-                        lease_until=None,
-                    )
-                    .execution_options(synchronize_session=False)
+        if mine:
+            grace = dt.timedelta(seconds=self.runtime.settings.in_doubt_grace_seconds)
+            session.execute(
+                update(Reminder)
+                .where(Reminder.id == a.message.reminder_id)
+                .values(
+                    status=RS.IN_DOUBT,
+                    next_attempt_at=a.now + grace,
+                    last_error=str(exc)[:500],
+                    claimed_by=None,
+                    lease_until=None,
                 )
-            return "in_doubt"
+                .execution_options(synchronize_session=False)
+            )
+        return "in_doubt"
 
-        return in_doubt
-
-    def _too_late(
-        self, session: Session, a: Attempt, exc: ChannelError, mine: bool
-    ) -> Callable[[], str]:
+    def _too_late(self, session: Session, a: Attempt, exc: ChannelError, mine: bool) -> str:
         """Not sent because its turn came after the send window closed (or the reminder
         expired): no attempt is counted (the provider was never asked); it waits for the next
         window, or expires."""
+        if not mine:
+            self._settle(session, a, accepted=False)
+            return "settled"
+        reminder_id = a.message.reminder_id
+        at = self.runtime.timing.send_window.next_allowed(a.send_by, ZoneInfo(a.zone))
+        if at >= a.expires_at:
+            reason = "stale" if a.send_by >= a.expires_at else "send_window"
+            return self.end(session, [reminder_id], RS.EXPIRED, reason)
+        queries.reschedule(
+            session, reminder_id, self.owner, at=at, count_attempt=False, error=str(exc)
+        )
+        return "waiting_for_send_window"
 
-        def too_late() -> str:
-            if not mine:
-                self._settle(session, a, accepted=False)
-                return "settled"
-            reminder_id = a.message.reminder_id
-            at = self.runtime.timing.send_window.next_allowed(a.send_by, ZoneInfo(a.zone))
-            if at >= a.expires_at:
-                reason = "stale" if a.send_by >= a.expires_at else "send_window"
-                return self.end(session, [reminder_id], RS.EXPIRED, reason)
-            queries.reschedule(
-                session, reminder_id, self.owner, at=at, count_attempt=False, error=str(exc)
-            )
-            return "waiting_for_send_window"
-
-        return too_late
-
-    def _refusal(
-        self, session: Session, a: Attempt, exc: ChannelError, mine: bool
-    ) -> Callable[[], str]:
+    def _refusal(self, session: Session, a: Attempt, exc: ChannelError, mine: bool) -> str:
         """Retry a transient failure later; otherwise ``fallback`` to the next channel."""
-
-        def refusal() -> str:
-            if exc.kind == ErrorKind.TRANSIENT:
-                return self._retry_later(session, a, exc, mine)
-            if exc.kind == ErrorKind.OPTED_OUT:
-                patient = session.get_one(Patient, a.patient_id)
-                consents.opt_out(
-                    session,
-                    patient,
-                    a.message.channel,
-                    source="provider",
-                    now=a.now,
-                    reason="provider reports opt-out",
-                )
-            if not mine:
-                self._settle(session, a, accepted=False)
-                return "settled"
-            return "fallback"
-
-        return refusal
+        if exc.kind == ErrorKind.TRANSIENT:
+            return self._retry_later(session, a, exc, mine)
+        if exc.kind == ErrorKind.OPTED_OUT:
+            patient = session.get_one(Patient, a.patient_id)
+            consents.opt_out(
+                session,
+                patient,
+                a.message.channel,
+                source="provider",
+                now=a.now,
+                reason="provider reports opt-out",
+            )
+        if not mine:
+            self._settle(session, a, accepted=False)
+            return "settled"
+        return "fallback"
 
     def _retry_later(self, session: Session, a: Attempt, exc: ChannelError, mine: bool) -> str:
         if not mine:

@@ -30,7 +30,7 @@ from reminders.outcomes import ChannelPauses
 from reminders.retry import RetryPolicy
 from reminders.runtime import Runtime
 from tests import factories
-from tests.test_dispatch import deliveries, due, fail
+from tests.test_dispatch import LEASE, deliveries, due, fail, housekeeping
 from tests.test_dispatch import reminder as row
 
 Senders = dict[str, RecordingSender]
@@ -445,3 +445,35 @@ def test_on_postgresql_the_one_statement_step_writes_what_the_four_statements_wr
     assert runs[0] == runs[1]
     assert [len(r["deliveries"]) for r in runs[0]] == [1, 1, 2, 1, 2, 1]
     assert runs[0][5]["deliveries"][0]["error_code"] == "transient"
+
+
+@pytest.mark.parametrize("one_statement", [True, False], ids=["one-statement", "statements"])
+def test_claims_lost_during_a_call_are_found_by_the_step_that_records_it(
+    runtime, make_dispatcher, senders, now, one_statement
+):
+    """Another replica recovers this dispatcher's leases while a call is in flight. The step
+    that records the call finds both claims gone: the accepted send settles its (now in-doubt)
+    reminder as sent, and the next reminder's attempt is not started (no delivery row, no
+    call): it is back in the queue for whoever claims it."""
+    if one_statement and runtime.engine.dialect.name != "postgresql":
+        pytest.skip("the one-statement step: PostgreSQL")
+    first, second = due(runtime, now), due(runtime, now)
+    late = now + LEASE + dt.timedelta(seconds=1)
+    recovered: list[tuple[int, int, int]] = []
+
+    def lease_recovered_mid_call(_message: OutboundMessage) -> None:
+        if not recovered:
+            recovered.append(housekeeping(runtime, late))
+
+    senders["sms"].script = lease_recovered_mid_call
+    dispatcher = make_dispatcher(dispatch_concurrency=1)  # the second waits for the first
+    dispatcher._one_statement = one_statement
+    assert dispatcher.run_once(now=now) == {"sent": 1, "lost_claim": 1}
+    assert recovered == [(1, 1, 0)]  # one released, one (the call in flight) in doubt
+    assert (row(runtime, first).status, row(runtime, first).claimed_by) == ("sent", None)
+    assert deliveries(runtime, first) == [("sms", "accepted", False, None)]
+    assert (row(runtime, second).status, row(runtime, second).claimed_by) == ("pending", None)
+    assert deliveries(runtime, second) == []
+    assert len(senders["sms"].attempts) == 1
+    assert dispatcher.run_once(now=late) == {"sent": 1}  # the second, claimed again
+    assert [m.reminder_id for m in senders["sms"].sent] == [first, second]
