@@ -13,7 +13,9 @@ A delivery row is written (``sending``) and committed before its provider call, 
 no more deliveries are ``sending`` at once than calls can be in flight (``dispatch_concurrency``),
 so a crash leaves at most that many in doubt. Workers queue what their calls came to; one
 transaction writes every queued outcome (group commit, ``executemany``) together with the rows
-of the attempts that take the freed places, and only then are those calls made. With
+of the attempts that take the freed places, and only then are those calls made. On PostgreSQL
+that step is one statement (:func:`reminders.deliveries.write_step`), and when it records only
+accepted sends it runs on its own in autocommit: no BEGIN and COMMIT round trips. With
 ``dispatch_ahead`` > 0, each worker also has that many attempts written ahead, waiting for it:
 a worker that finishes a call starts the next at once instead of waiting for that commit, and
 each commit covers more outcomes (faster where no rate limit holds the sends back); a crash
@@ -32,6 +34,7 @@ records its own outcome, which settles the in-doubt reminder.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import datetime as dt
 import threading
@@ -44,6 +47,7 @@ from functools import partial
 from typing import Any
 from zoneinfo import ZoneInfo
 
+from sqlalchemy import Connection
 from sqlalchemy.orm import Session
 
 from reminders import db, deliveries, queries, template_store
@@ -221,11 +225,19 @@ class Dispatcher:
         running: set[Future[Done]] = set()
         finished: list[Done] = []
         try:
-            # One connection for the whole round: no pool checkout (and ping) per step.
-            with self.runtime.engine.connect() as conn, Session(conn) as session:
+            # The round's connections: no pool checkout (and ping) per step. On PostgreSQL a
+            # step that only records sends and starts attempts is one statement, run on its
+            # own in autocommit (no BEGIN and COMMIT round trips); the others, a transaction.
+            with (
+                self.runtime.engine.connect() as conn,
+                Session(conn) as session,
+                self._autocommit() as auto,
+            ):
                 while True:
                     began = time.monotonic()
-                    started, done = self._step(session, queue, len(running), now, results, again)
+                    started, done = self._step(
+                        session, auto, queue, len(running), now, results, again
+                    )
                     running.update(map(self._submit, started))
                     self.outcomes.report(done)  # while those calls go out
                     if not running or self._abandon.is_set():
@@ -248,9 +260,16 @@ class Dispatcher:
                 results[rid] = d.outcome or "error"
         return again
 
+    def _autocommit(self) -> contextlib.AbstractContextManager[Connection | None]:
+        """A connection in autocommit for the one-statement steps (PostgreSQL), else none."""
+        if not self._one_statement:
+            return contextlib.nullcontext()
+        return self.runtime.engine.connect().execution_options(isolation_level="AUTOCOMMIT")
+
     def _step(
         self,
         session: Session,
+        auto: Connection | None,
         queue: deque[Ready],
         busy: int,
         now: dt.datetime,
@@ -275,8 +294,15 @@ class Dispatcher:
             done = self._take_outbox()
             if not (done or start or back):
                 return [], []
+            # Accepted sends and new attempts only: one statement writes all of it.
+            alone = auto is not None and not back and all(d.receipt is not None for d in done)
             for tries in range(1, CONFLICT_TRIES + 1):
                 try:
+                    if alone:
+                        assert auto is not None
+                        with auto.begin():  # no BEGIN is sent: the statement commits itself
+                            attempts = self._write(session, done, start, now, results, auto)
+                        break
                     with session.begin():
                         attempts = self._write(session, done, start, now, results)
                         if back:
@@ -303,7 +329,11 @@ class Dispatcher:
         start: list[Ready],
         now: dt.datetime,
         results: dict[int, str],
+        alone: Connection | None = None,
     ) -> list[Attempt]:
+        """The step's writes in ``session``'s transaction, or, given ``alone`` (a connection in
+        autocommit, PostgreSQL), as one statement on it: accepted sends and new attempts only,
+        which need no follow-up."""
         ids = {d.attempt.message.reminder_id for d in done} | {r.claimed.id for r in start}
         rows: list[dict[str, Any]] = [
             {
@@ -317,7 +347,7 @@ class Dispatcher:
         recording = self.outcomes.plan(session, done)
         if self._one_statement:
             step = deliveries.write_step(
-                session,
+                session if alone is None else alone,
                 self.owner,
                 recording.finished,
                 recording.sent,
@@ -327,10 +357,17 @@ class Dispatcher:
                 wall=db.utcnow(),
             )
             held, started = step.held, step.started
+            if step.settled and alone is not None:
+                self.outcomes.settled(recording, step.settled)  # committed already
+            elif step.settled:
+                db.after_commit(session, partial(self.outcomes.settled, recording, step.settled))
         else:
             held = deliveries.held(session, ids, self.owner)
             events: list[dict[str, Any]] = []
             self.outcomes.write(session, recording, events)
+            for d in recording.accepted:
+                if d.attempt.message.reminder_id not in held:
+                    self.outcomes.settle(session, d.attempt)
             mine = [row for row in rows if row["reminder_id"] in held]
             new_ids = deliveries.start(session, mine)
             started = {row["reminder_id"]: i for row, i in zip(mine, new_ids, strict=True)}

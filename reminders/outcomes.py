@@ -115,17 +115,19 @@ class Done:
 @dataclass
 class Recording:
     """What recording a group of outcomes writes: :func:`reminders.deliveries.finish_many`
-    rows, the reminders sent by (channel, moment) (the statement marks only those still held),
-    and the rest, one at a time once the claims are known (:meth:`follow_up`)."""
+    rows, the reminders sent by (channel, moment) (marked sent only where the claim is still
+    held), the sends accepted (where the claim was lost, the in-doubt reminder is settled as
+    sent instead), and the rarer outcomes, one at a time once the claims are known
+    (:meth:`follow_up`)."""
 
     finished: list[dict[str, Any]] = field(default_factory=list)
     sent: dict[tuple[str, dt.datetime], list[int]] = field(default_factory=dict)
+    accepted: list[Done] = field(default_factory=list)
     later: list[tuple[Done, Callable[[bool], str]]] = field(default_factory=list)
 
     def follow_up(self, held: Collection[int]) -> None:
-        """After the bulk writes, with ``held`` the reminders still claimed (and locked): an
-        accepted send whose claim was lost settles its in-doubt reminder; the rarer outcomes
-        are written (each sets its ``outcome``)."""
+        """The rarer outcomes, after the bulk writes, with ``held`` the reminders still
+        claimed (and locked); each sets its ``outcome``."""
         for d, follow_up in self.later:
             outcome = follow_up(d.attempt.message.reminder_id in held)
             if d.outcome is None:
@@ -198,6 +200,9 @@ class Outcomes:
         Sets each one's ``outcome``; adds the delivery events to ``events``."""
         recording = self.plan(session, done)
         self.write(session, recording, events)
+        for d in recording.accepted:
+            if d.attempt.message.reminder_id not in held:
+                self.settle(session, d.attempt)
         recording.follow_up(held)
 
     def write(self, session: Session, recording: Recording, events: list[dict[str, Any]]) -> None:
@@ -230,7 +235,7 @@ class Outcomes:
                 rows.append(_row(a, r.status, provider_id=r.provider_id, details=r.details or None))
                 d.outcome = "sent"
                 sent.setdefault((a.message.channel, a.now), []).append(reminder_id)
-                later.append((d, partial(self._accepted, session, a)))
+                recording.accepted.append(d)
             elif d.error is None:
                 error = SHUTDOWN_MESSAGE
                 rows.append(_row(a, DeliveryStatus.FAILED, error_code="shutdown", error=error))
@@ -273,12 +278,17 @@ class Outcomes:
 
     # --- one reminder at a time: the rarer outcomes --------------------------------------------
 
-    def _accepted(self, session: Session, a: Attempt, mine: bool) -> str:
-        """Accepted: marked sent with the others, or, when the claim was lost meanwhile, the
-        in-doubt reminder is settled as sent."""
-        if not mine:
-            self._settle(session, a, accepted=True)
-        return "sent"
+    def settle(self, session: Session, a: Attempt) -> None:
+        """Accepted after the claim was lost (to the in-doubt rule): the in-doubt reminder
+        is sent."""
+        self._settle(session, a, accepted=True)
+
+    def settled(self, recording: Recording, reminder_ids: Collection[int]) -> None:
+        """The log lines of accepted sends whose in-doubt reminders the step's one statement
+        settled (PostgreSQL), once that is committed."""
+        for d in recording.accepted:
+            if d.attempt.message.reminder_id in reminder_ids:
+                self._settled_line(d.attempt, accepted=True)
 
     def _released(self, session: Session, a: Attempt, mine: bool) -> str:
         """Stopping before the provider call: the attempt never left, give the claim back."""
@@ -363,10 +373,10 @@ class Outcomes:
     def _settle(self, session: Session, a: Attempt, *, accepted: bool) -> None:
         delivery = session.get_one(Delivery, a.delivery_id)
         queries.settle_in_doubt(session, delivery, accepted=accepted, now=a.now)
-        settled = partial(
-            log.warning, "claim_lost_settled", delivery_id=a.delivery_id, accepted=accepted
-        )
-        after_commit(session, settled)
+        after_commit(session, partial(self._settled_line, a, accepted=accepted))
+
+    def _settled_line(self, a: Attempt, *, accepted: bool) -> None:
+        log.warning("claim_lost_settled", delivery_id=a.delivery_id, accepted=accepted)
 
 
 def _row(

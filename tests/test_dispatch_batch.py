@@ -468,8 +468,13 @@ def test_claims_lost_during_a_call_are_found_by_the_step_that_records_it(
     senders["sms"].script = lease_recovered_mid_call
     dispatcher = make_dispatcher(dispatch_concurrency=1)  # the second waits for the first
     dispatcher._one_statement = one_statement
-    assert dispatcher.run_once(now=now) == {"sent": 1, "lost_claim": 1}
+    with capture_logs() as logs:
+        assert dispatcher.run_once(now=now) == {"sent": 1, "lost_claim": 1}
     assert recovered == [(1, 1, 0)]  # one released, one (the call in flight) in doubt
+    settled = [e for e in logs if e["event"] == "claim_lost_settled"]
+    with runtime.sessions() as s:
+        first_delivery = s.scalars(select(Delivery.id).where(Delivery.reminder_id == first)).one()
+    assert [(e["delivery_id"], e["accepted"]) for e in settled] == [(first_delivery, True)]
     assert (row(runtime, first).status, row(runtime, first).claimed_by) == ("sent", None)
     assert deliveries(runtime, first) == [("sms", "accepted", False, None)]
     assert (row(runtime, second).status, row(runtime, second).claimed_by) == ("pending", None)
