@@ -482,3 +482,28 @@ def test_claims_lost_during_a_call_are_found_by_the_step_that_records_it(
     assert len(senders["sms"].attempts) == 1
     assert dispatcher.run_once(now=late) == {"sent": 1}  # the second, claimed again
     assert [m.reminder_id for m in senders["sms"].sent] == [first, second]
+
+
+def test_a_send_accepted_after_its_claim_was_lost_settles_it_in_a_step_that_also_gives_back(
+    runtime, make_dispatcher, senders, now
+):
+    """The same lost claims, but the dispatcher is stopping by the time the call ends: the step
+    that records it also gives the waiting attempt back, so it is a transaction rather than the
+    one statement on its own (PostgreSQL), and the settled line waits for its commit."""
+    first, second = due(runtime, now), due(runtime, now)
+    late = now + LEASE + dt.timedelta(seconds=1)
+    dispatcher = make_dispatcher(dispatch_concurrency=1)
+
+    def lease_recovered_then_stopping(_message: OutboundMessage) -> None:
+        if not dispatcher.stopping.is_set():
+            housekeeping(runtime, late)
+            dispatcher.stopping.set()
+
+    senders["sms"].script = lease_recovered_then_stopping
+    with capture_logs() as logs:
+        assert dispatcher.run_once(now=now) == {"sent": 1, "released": 1}
+    assert row(runtime, first).status == "sent"
+    assert deliveries(runtime, first) == [("sms", "accepted", False, None)]
+    assert (row(runtime, second).status, deliveries(runtime, second)) == ("pending", [])
+    settled = [e["accepted"] for e in logs if e["event"] == "claim_lost_settled"]
+    assert settled == [True]
