@@ -138,6 +138,7 @@ class SharedRateLimiter:
         self._held_until = 0.0
         self._local_next = 0.0  # when the database is away
         self._lock = threading.Lock()
+        self._taking = threading.Lock()  # one caller takes its ``cost`` slots at a time
 
     def acquire(self, stop: threading.Event | None = None, cost: int = 1) -> float:
         """Wait for this caller's slot (or until ``stop`` is set); returns the seconds waited.
@@ -145,7 +146,8 @@ class SharedRateLimiter:
         arrives while the caller waits voids its slot: it takes one after it."""
         waited = 0.0
         while True:
-            slot = min(self._next_slot() for _ in range(max(cost, 1)))
+            with self._taking:  # a caller's slots in a row: none of another's in between
+                slot = min(self._next_slot() for _ in range(max(cost, 1)))
             wait = slot - self._clock()
             if wait > 0:
                 waited += wait

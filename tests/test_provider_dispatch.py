@@ -197,10 +197,11 @@ def test_a_reminder_expiring_before_the_window_closes_may_wait_only_until_then(
 def test_a_send_whose_turn_comes_after_the_window_closes_is_not_made_but_waits_for_morning(
     settings, twilio
 ) -> None:
-    """A rate of one SMS a second and the window closing 0.5 s after the pass begins: the first
-    goes out (Twilio may hold it the 5 s it advises at least), the others would arrive after
-    20:00, so they are not sent: they wait for 09:00, no attempt counted."""
-    closing = dt.datetime(2026, 3, 4, 16, 59, 59, 500_000, tzinfo=dt.UTC)  # 19:59:59.5 local
+    """A rate of one SMS segment a second (each of these messages is two, so each call's turn
+    comes 2 s after the one before) and the window closing 1.5 s after the pass begins: the
+    first goes out (Twilio may hold it the 5 s it advises at least), the others would arrive
+    after 20:00, so they are not sent: they wait for 09:00, no attempt counted."""
+    closing = dt.datetime(2026, 3, 4, 16, 59, 58, 500_000, tzinfo=dt.UTC)  # 19:59:58.5 local
     with live_runtime(provider_settings(settings, twilio, sms_rate=1.0)) as rt:
         pids = [due_patient(rt, channels="sms") for _ in range(3)]
         assert dispatch(rt, closing) == Counter(sent=1, waiting_for_send_window=2)
@@ -223,11 +224,13 @@ def test_a_send_whose_turn_comes_after_the_window_closes_is_not_made_but_waits_f
 
 
 def test_a_send_whose_turn_comes_after_the_reminder_expired_is_not_made(settings, twilio) -> None:
+    """As above, with the reminders expiring 1.5 s after the pass begins (the first call has
+    that long to go out, the second's turn comes 2 s after the first's)."""
     with live_runtime(provider_settings(settings, twilio, sms_rate=1.0)) as rt:
         pids = [due_patient(rt, channels="sms") for _ in range(3)]
         with rt.sessions() as s, s.begin():
             for reminder in s.scalars(select(Reminder).where(Reminder.patient_id.in_(pids))):
-                reminder.expires_at = NOW + dt.timedelta(seconds=0.5)
+                reminder.expires_at = NOW + dt.timedelta(seconds=1.5)
         assert dispatch(rt) == Counter(sent=1, expired=2)
         assert len(twilio.messages) == 1
         ends = sorted((r.status, r.reason) for r, _ in map(partial(due_reminder, rt), pids))

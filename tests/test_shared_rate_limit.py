@@ -5,6 +5,7 @@ runs two real ``reminders run`` processes against a fake Twilio."""
 
 from __future__ import annotations
 
+import itertools
 import threading
 import time
 
@@ -125,3 +126,28 @@ def test_a_long_sms_takes_a_slot_per_segment_in_both_limiters(runtime) -> None:
     local = RateLimiter(10.0, clock=lambda: now[0], sleep=slept.append)
     local.acquire(cost=3)
     assert local.acquire() == pytest.approx(0.3)  # seconds due: three slots of 0.1 s
+
+
+def test_concurrent_long_sms_each_take_their_slots_in_a_row(runtime) -> None:
+    """Three 2-segment SMS from three threads at once: each takes two slots in a row, so they
+    go 2 intervals apart. Before, their slots interleaved (t0, t0+1, t0+2...) and the second
+    went 1 interval after the first: two segments a second over the rate."""
+    rate = 10.0
+    shared = SharedRateLimiter(runtime.sessions, "sms", rate)
+    moments: list[float] = []
+    lock, ready = threading.Lock(), threading.Barrier(3)
+
+    def send() -> None:
+        ready.wait()
+        shared.acquire(cost=2)
+        with lock:
+            moments.append(time.time())
+
+    workers = [threading.Thread(target=send) for _ in range(3)]
+    for w in workers:
+        w.start()
+    for w in workers:
+        w.join(30)
+    gaps = [b - a for a, b in itertools.pairwise(sorted(moments))]
+    assert len(gaps) == 2
+    assert min(gaps) >= 2 / rate - JITTER, gaps
