@@ -364,10 +364,7 @@ class Dispatcher:
         else:
             held = deliveries.held(session, ids, self.owner)
             events: list[dict[str, Any]] = []
-            self.outcomes.write(session, recording, events)
-            for d in recording.accepted:
-                if d.attempt.message.reminder_id not in held:
-                    self.outcomes.settle(session, d.attempt)
+            self.outcomes.write(session, recording, held, events)
             mine = [row for row in rows if row["reminder_id"] in held]
             new_ids = deliveries.start(session, mine)
             started = {row["reminder_id"]: i for row, i in zip(mine, new_ids, strict=True)}

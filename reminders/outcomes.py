@@ -199,15 +199,19 @@ class Outcomes:
         """Write what ``done`` came to; ``held``: the reminders still claimed (and locked).
         Sets each one's ``outcome``; adds the delivery events to ``events``."""
         recording = self.plan(session, done)
-        self.write(session, recording, events)
-        for d in recording.accepted:
-            if d.attempt.message.reminder_id not in held:
-                self.settle(session, d.attempt)
+        self.write(session, recording, held, events)
         recording.follow_up(held)
 
-    def write(self, session: Session, recording: Recording, events: list[dict[str, Any]]) -> None:
+    def write(
+        self,
+        session: Session,
+        recording: Recording,
+        held: Collection[int],
+        events: list[dict[str, Any]],
+    ) -> None:
         """The bulk writes of ``recording`` (the deliveries' rows, the reminders sent) in a
-        statement each; adds the delivery events to ``events``."""
+        statement each, and the accepted sends whose claim was lost settled (``held``: the
+        reminders still claimed); adds the delivery events to ``events``."""
         deliveries.finish_many(session, recording.finished)
         events.extend(
             {
@@ -221,6 +225,9 @@ class Outcomes:
         )
         for (channel, now), ids in recording.sent.items():
             deliveries.mark_sent(session, ids, self.owner, channel=channel, now=now)
+        for d in recording.accepted:
+            if d.attempt.message.reminder_id not in held:
+                self._settle(session, d.attempt, accepted=True)
 
     def plan(self, session: Session, done: list[Done]) -> Recording:
         """What recording ``done`` writes: the deliveries' rows and the reminders sent, for the
@@ -277,11 +284,6 @@ class Outcomes:
             )
 
     # --- one reminder at a time: the rarer outcomes --------------------------------------------
-
-    def settle(self, session: Session, a: Attempt) -> None:
-        """Accepted after the claim was lost (to the in-doubt rule): the in-doubt reminder
-        is sent."""
-        self._settle(session, a, accepted=True)
 
     def settled(self, recording: Recording, reminder_ids: Collection[int]) -> None:
         """The log lines of accepted sends whose in-doubt reminders the step's one statement
