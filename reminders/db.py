@@ -9,6 +9,11 @@ from __future__ import annotations
 
 import datetime as dt
 import os
+import sqlite3
+import threading
+import time
+import urllib.parse
+import weakref
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any, ClassVar
@@ -87,11 +92,16 @@ def utcnow() -> dt.datetime:
 
 
 def make_engine(url: str, **kwargs: Any) -> Engine:
-    """An engine tuned for the backend: SQLite gets WAL, a busy timeout and foreign keys."""
+    """An engine tuned for the backend: SQLite gets WAL, a busy timeout, foreign keys and its
+    checkpoints in the background (:class:`_Checkpointer`)."""
     if url.startswith("sqlite"):
         engine = create_engine(url, connect_args={"timeout": 30}, **kwargs)
         event.listen(engine, "connect", _sqlite_on_connect)
         event.listen(engine, "begin", _sqlite_on_begin)
+        path = _sqlite_file(engine)
+        if path is not None:
+            event.listen(engine, "connect", _no_checkpoint_on_commit)
+            _CHECKPOINTER.watch(engine, path)
         return engine
     kwargs.setdefault("pool_pre_ping", True)
     if "connect_timeout" not in make_url(url).query and not os.environ.get("PGCONNECT_TIMEOUT"):
@@ -109,6 +119,89 @@ def _sqlite_on_connect(dbapi_conn: Any, _record: Any) -> None:
     cursor.execute("PRAGMA journal_mode=WAL")
     cursor.execute("PRAGMA synchronous=NORMAL")
     cursor.close()
+
+
+def _no_checkpoint_on_commit(dbapi_conn: Any, _record: Any) -> None:
+    dbapi_conn.execute("PRAGMA wal_autocheckpoint=0")  # _Checkpointer does it
+
+
+def _sqlite_file(engine: Engine) -> str | None:
+    """The database file of a SQLite engine (absolute), None for an in-memory database."""
+    database = engine.url.database
+    if not database or database == ":memory:" or database.startswith("file:"):
+        return None
+    return os.path.abspath(database)
+
+
+# Left to itself, SQLite checkpoints inside the commit that takes the WAL past 1,000 pages:
+# one commit in many then waits for pages to be copied into the database file and synced
+# (a claim of 500 reminders took 22 ms against 7 ms for the others, 5,000,000 rows). An
+# engine's connections turn that off and this thread checkpoints instead, PASSIVE (it never
+# waits for readers or writers, nor blocks them), on its own connection, whenever a WAL
+# changed since its last look. A process's last connection to close checkpoints as well.
+CHECKPOINT_EVERY = 0.5  # seconds between looks at each database's WAL
+
+
+class _Checkpointer:
+    """One daemon thread per process for every SQLite engine made here that is still alive
+    (it ends when there are none, and starts again with the next)."""
+
+    def __init__(self, interval: float) -> None:
+        self.interval = interval
+        self._lock = threading.Lock()
+        self._watched: weakref.WeakKeyDictionary[Engine, str] = weakref.WeakKeyDictionary()
+        self._last: dict[str, tuple[int, int]] = {}  # database -> its WAL's size and mtime
+        self._thread: threading.Thread | None = None
+
+    def watch(self, engine: Engine, path: str) -> None:
+        with self._lock:
+            self._watched[engine] = path
+            if self._thread is None:
+                self._thread = threading.Thread(
+                    target=self._run, name="sqlite-checkpoint", daemon=True
+                )
+                self._thread.start()
+
+    def _run(self) -> None:
+        while True:
+            time.sleep(self.interval)
+            with self._lock:
+                paths = set(self._watched.values())
+                if not paths:
+                    self._thread = None
+                    self._last.clear()
+                    return
+            for path in sorted(paths):
+                self.checkpoint(path)
+
+    def checkpoint(self, path: str) -> bool:
+        """Checkpoint ``path`` if its WAL changed since it was last checkpointed in full;
+        True if every frame is in the database file now."""
+        try:
+            stat = os.stat(path + "-wal")
+        except OSError:  # no WAL (yet, or any more: the database was removed)
+            self._last.pop(path, None)
+            return False
+        seen = (stat.st_size, stat.st_mtime_ns)
+        if self._last.get(path) == seen:
+            return False
+        # mode=rw: a database removed meanwhile is not created again, empty.
+        uri = f"file:{urllib.parse.quote(path)}?mode=rw"
+        try:
+            conn = sqlite3.connect(uri, uri=True, timeout=0)
+            try:
+                busy, frames, copied = conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
+            finally:
+                conn.close()
+        except sqlite3.Error:  # locked, or gone: the next look tries again
+            return False
+        if busy or copied < frames:  # a reader still needs the WAL's older frames
+            return False
+        self._last[path] = seen
+        return True
+
+
+_CHECKPOINTER = _Checkpointer(CHECKPOINT_EVERY)
 
 
 def _sqlite_on_begin(conn: Any) -> None:
