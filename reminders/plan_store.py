@@ -13,6 +13,7 @@ objects of the caller's session that they touch are brought up to date here.
 from __future__ import annotations
 
 import datetime as dt
+import functools
 from collections import Counter
 from collections.abc import Collection, Iterable, Sequence
 from dataclasses import dataclass
@@ -42,7 +43,7 @@ from sqlalchemy.sql import Select
 from sqlalchemy.types import TypeEngine
 
 from reminders.db import UTCDateTime, utcnow
-from reminders.importing.bulk import among, chunks
+from reminders.importing.bulk import among, chunks, copy_value, pg_array
 from reminders.models import Channel, Consent, Patient, Reminder, ReminderStatus, Treatment
 
 RS = ReminderStatus
@@ -229,26 +230,25 @@ def _keyed(
     (the cost would follow the table's size, not the batch's)."""
     if session.get_bind().dialect.name != "postgresql":
         return session.execute(query.where(among(session, column, values)))
-    given = (
-        func.unnest(bindparam(None, list(values), type_=ARRAY(column.type)))
-        .table_valued("value")
-        .render_derived()
-    )
+    given = func.unnest(pg_array(column, values)).table_valued("value").render_derived()
     return session.execute(query.join(given, column == given.c.value))
 
 
-def insert_reminders(session: Session, rows: Sequence[dict[str, Any]]) -> Counter[str]:
+def insert_reminders(
+    session: Session, rows: Sequence[dict[str, Any]], *, encoded: str | None = None
+) -> Counter[str]:
     """Insert these pending reminders (:func:`reminders.importing.bulk.reminder_row`), skipping
     any (treatment, step) that exists already (a concurrent planner got there first); returns
     the rows inserted by protocol. On PostgreSQL one statement of arrays, whatever the number
-    of rows: a multi-row VALUES would be new text, parsed again, for every size."""
+    of rows: a multi-row VALUES would be new text, parsed again, for every size. ``encoded``:
+    the rows as :func:`copy_text` gives them, made in advance (by another thread)."""
     inserted: Counter[str] = Counter()
     if not rows:
         return inserted
     table = REMINDERS
     if session.get_bind().dialect.name == "postgresql":
         if len(rows) >= COPY_ROWS:
-            return _copy_insert(session, rows)
+            return _copy_insert(session, copy_text(rows) if encoded is None else encoded)
         params = {name: [row[name] for row in rows] for name in _UNNESTED}
         result = session.execute(_unnest_insert(), {**params, "now": utcnow()})
     else:
@@ -269,8 +269,9 @@ _UNNESTED: dict[str, TypeEngine[Any]] = {
 
 
 # From this many rows on, PostgreSQL gets them by COPY into a scratch table, then one
-# INSERT ... SELECT: the driver writes COPY rows in C, where array parameters cost it about
-# 7 us a value in Python (a third of an import's planning time).
+# INSERT ... SELECT: array parameters cost the driver about 7 us a value in Python (a third
+# of an import's planning time). The COPY text is made by :func:`copy_text`, which the
+# planner calls on its deciding thread: the connection's thread only sends it.
 COPY_ROWS = 1000
 _STAGING = "reminders_planned"
 _STAGE = (
@@ -287,18 +288,35 @@ _FROM_STAGING = text(
 ).bindparams(bindparam("now", type_=UTCDateTime()))
 
 
-def _copy_insert(session: Session, rows: Sequence[dict[str, Any]]) -> Counter[str]:
+def copy_text(rows: Sequence[dict[str, Any]]) -> str:
+    """The rows of :func:`insert_reminders` in COPY's text format (:func:`copy_value`), in the
+    staging table's column order."""
+    out = []
+    for r in rows:
+        treatment_id, patient_id = int(r["treatment_id"]), int(r["patient_id"])
+        due, expires = copy_value(r["due_at"]), copy_value(r["expires_at"])
+        protocol, step = _copy_escaped(r["protocol"]), _copy_escaped(r["step"])
+        out.append(f"{treatment_id}\t{patient_id}\t{protocol}\t{step}\t{due}\t{expires}\n")
+    return "".join(out)
+
+
+@functools.lru_cache(maxsize=1024)
+def _copy_escaped(value: str) -> str:
+    """Protocol codes and step names, a few distinct ones: remembered."""
+    return copy_value(value)
+
+
+def _copy_insert(session: Session, encoded: str) -> Counter[str]:
     """:func:`insert_reminders` for many rows on PostgreSQL: COPY into a temporary table of
     this connection (emptied at commit), then the same conflict-skipping INSERT."""
     raw = session.connection().connection.driver_connection
     assert isinstance(raw, psycopg.Connection)
-    names = list(_UNNESTED)
+    names = ", ".join(_UNNESTED)
     with raw.cursor() as cursor:
         cursor.execute(_STAGE)
         cursor.execute(f"TRUNCATE {_STAGING}")
-        with cursor.copy(f"COPY {_STAGING} ({', '.join(names)}) FROM STDIN") as copy:
-            for row in rows:
-                copy.write_row([row[name] for name in names])
+        with cursor.copy(f"COPY {_STAGING} ({names}) FROM STDIN") as copy:
+            copy.write(encoded)  # in the connection's encoding
     counts = session.execute(_FROM_STAGING, {"pending": RS.PENDING.value, "now": utcnow()})
     return Counter({protocol: int(count) for protocol, count in counts})
 

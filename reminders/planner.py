@@ -85,7 +85,8 @@ def plan_groups(
     batches = [ordered[i : i + BATCH] for i in range(0, len(ordered), BATCH)]
     if not batches:
         return 0
-    overlap = len(batches) > 1 and session.get_bind().dialect.name == "postgresql"
+    postgres = session.get_bind().dialect.name == "postgresql"
+    overlap = len(batches) > 1 and postgres
     written = 0
     fetched: _Fetched | None = _fetch(session, runtime, batches[0], now)
     decided: _Batch | None = None  # decided, not yet written
@@ -99,14 +100,14 @@ def plan_groups(
                     _write_then_fetch, session, runtime, decided, following, now, progress
                 )
                 try:
-                    decided = _decide_batch(runtime, _assemble(current), now)
+                    decided = _decide_batch(runtime, _assemble(current), now, postgres)
                 finally:  # also when deciding failed: never leave the connection mid-statement
                     done, fetched = job.result()
             else:
                 done, fetched = _write_then_fetch(
                     session, runtime, decided, following, now, progress
                 )
-                decided = _decide_batch(runtime, _assemble(current), now)
+                decided = _decide_batch(runtime, _assemble(current), now, postgres)
             written += done
     assert decided is not None
     return written + _write(session, runtime, decided, progress)
@@ -132,6 +133,7 @@ class _Batch:
     pending: dict[int, list[int]]
     patients: dict[int, Contact]
     writes: Writes = field(default_factory=Writes)
+    encoded: str | None = None  # writes.insert as COPY text, made where it was decided
 
     @property
     def flagged(self) -> list[int]:
@@ -208,7 +210,9 @@ def _assemble(fetched: _Fetched | None) -> _Batch:
     return _Batch(fetched.groups, treatments, reminders, pending, fetched.patients)
 
 
-def _decide_batch(runtime: Runtime, batch: _Batch, now: dt.datetime) -> _Batch:
+def _decide_batch(runtime: Runtime, batch: _Batch, now: dt.datetime, postgres: bool) -> _Batch:
+    """Decide every group of the batch; on PostgreSQL a COPY's text is made here too, so the
+    connection's thread (:func:`_write`) only sends it."""
     for group in batch.groups:
         if group in batch.treatments:
             patient = batch.patients.get(group[0])
@@ -221,6 +225,8 @@ def _decide_batch(runtime: Runtime, batch: _Batch, now: dt.datetime) -> _Batch:
                 batch.writes,
                 now=now,
             )
+    if postgres and len(batch.writes.insert) >= plan_store.COPY_ROWS:
+        batch.encoded = plan_store.copy_text(batch.writes.insert)
     return batch
 
 
@@ -233,7 +239,7 @@ def _write(
         written += plan_store.cancel(session, reason, ids)
     plan_store.reopen(session, writes.reopen)
     written += len(writes.reopen)
-    inserted = plan_store.insert_reminders(session, writes.insert)
+    inserted = plan_store.insert_reminders(session, writes.insert, encoded=batch.encoded)
     written += sum(inserted.values())
     plan_store.clear_needs_plan(session, batch.flagged)
     for code, count in (writes.planned + inserted).items():

@@ -19,7 +19,7 @@ from __future__ import annotations
 import datetime as dt
 import enum
 from collections import Counter
-from collections.abc import Collection, Iterable, Sequence
+from collections.abc import Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -29,7 +29,7 @@ from sqlalchemy.orm import Session
 
 from reminders import consents, planner
 from reminders.db import utcnow
-from reminders.importing.bulk import among, chunks, patient_ids
+from reminders.importing.bulk import among, chunks, copy_value, patient_ids
 from reminders.models import Channel, Consent, Patient, Reminder, ReminderStatus, Treatment
 from reminders.records import PatientRecord, TreatmentRecord
 from reminders.runtime import Runtime
@@ -326,14 +326,18 @@ def write_treatments(
     to_plan: set[Group],
     *,
     source: str,
+    encoded: Mapping[str, tuple[str, str]] | None = None,
 ) -> list[Outcome]:
     """Store a chunk of treatments (distinct external ids, patients in ``owners``) without
     planning them: the groups to plan are added to ``to_plan``, and the caller must plan them
     in this transaction with :func:`plan_groups` (new treatments are stored without the
     ``needs_plan`` flag, so nothing else would). A few statements per chunk: the lookup, one
-    insert for the new ones, one query for the rows of the changed ones."""
+    insert for the new ones, one query for the rows of the changed ones. ``encoded``: the
+    records' COPY text by external id (:func:`copy_parts`), made in advance by another
+    thread; the ones missing are made here."""
     stored = _stored_treatments(session, [r.external_id for r in chunk])
     new: list[tuple[Any, ...]] = []  # in the order of NEW_TREATMENT, less the timestamps
+    new_records: list[TreatmentRecord] = []
     changed: dict[str, dict[str, Any]] = {}
     outcomes = []
     protocols = runtime.protocols
@@ -352,6 +356,7 @@ def write_treatments(
             # end of an import), and a flag would cost an update of every new row. Under a
             # protocol no longer configured it waits, flagged, and the planner logs it.
             new.append((record.external_id, *values, source, record.protocol not in protocols))
+            new_records.append(record)
             to_plan.add((values[0], record.protocol))
             outcomes.append(Outcome.CREATED)
         elif found == (values, None):  # the same, and not deleted
@@ -359,7 +364,7 @@ def write_treatments(
         else:
             changed[record.external_id] = dict(zip(TREATMENT_VALUES, values, strict=True))
             outcomes.append(Outcome.UPDATED)  # or UNCHANGED, settled below
-    _insert_treatments(session, new)
+    _insert_treatments(session, runtime, new, new_records, source, encoded or {})
     if changed:
         rows = session.scalars(
             select(Treatment).where(among(session, Treatment.external_id, list(changed)))
@@ -378,9 +383,17 @@ def write_treatments(
     return outcomes
 
 
-def _insert_treatments(session: Session, rows: list[tuple[Any, ...]]) -> None:
-    """One statement for a chunk's new treatments: on PostgreSQL a COPY, which costs the
-    driver a fraction of what a many-row INSERT does; elsewhere an executemany."""
+def _insert_treatments(
+    session: Session,
+    runtime: Runtime,
+    rows: list[tuple[Any, ...]],
+    records: list[TreatmentRecord],
+    source: str,
+    encoded: Mapping[str, tuple[str, str]],
+) -> None:
+    """One statement for a chunk's new treatments (``rows``, of ``records``): on PostgreSQL a
+    COPY, which costs the driver a fraction of what a many-row INSERT does; elsewhere an
+    executemany."""
     if not rows:
         return
     stamp = utcnow()
@@ -389,10 +402,29 @@ def _insert_treatments(session: Session, rows: list[tuple[Any, ...]]) -> None:
         stamped = [dict(zip(NEW_TREATMENT, (*r, stamp, stamp), strict=True)) for r in rows]
         session.execute(insert(Treatment), stamped)
         return
+    stamps = f"{copy_value(stamp)}\t{copy_value(stamp)}\n"
+    text = []
+    for row, record in zip(rows, records, strict=True):
+        head, tail = encoded.get(record.external_id) or copy_parts(record, source, runtime)
+        text.append(f"{head}\t{row[1]:d}\t{tail}\t{stamps}")
     columns = ", ".join(NEW_TREATMENT)
     with raw.cursor() as cursor, cursor.copy(f"COPY treatments ({columns}) FROM STDIN") as copy:
-        for row in rows:
-            copy.write_row((*row, stamp, stamp))
+        copy.write("".join(text))
+
+
+def copy_parts(record: TreatmentRecord, source: str, runtime: Runtime) -> tuple[str, str]:
+    """A new treatment's COPY text (:data:`NEW_TREATMENT`) around its patient's id (known
+    once the patients are looked up) and less the timestamps (known once it is written)."""
+    values = (
+        record.protocol,
+        record.administered_on,
+        record.product,
+        record.units,
+        record.location,
+        source,
+        record.protocol not in runtime.protocols,  # needs_plan: see write_treatments
+    )
+    return copy_value(record.external_id), "\t".join(map(copy_value, values))
 
 
 def _stored_treatments(

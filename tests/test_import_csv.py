@@ -6,6 +6,7 @@ import contextlib
 import datetime as dt
 import time
 from collections.abc import Iterator
+from decimal import Decimal
 from pathlib import Path
 from zoneinfo import ZoneInfo
 
@@ -133,6 +134,36 @@ def test_it_reads_quoted_cells_holding_the_delimiter_and_line_breaks(
     assert stored_patients(runtime)["p1"].given_name == "Ayşe, Nur"
     with runtime.sessions() as session:
         assert session.scalars(select(Treatment.product)).one() == "Botox, vial 2"
+
+
+def test_treatment_values_are_stored_as_read_whatever_their_characters(
+    runtime: Runtime, now: dt.datetime, tmp_path: Path
+) -> None:
+    """(On PostgreSQL new treatments go in by COPY, its text made by hand: upsert.copy_parts.)"""
+    row = "p1,Ayşe,Yılmaz,,+905431974320,,tr,,sms,,yes,,0"
+    t_rows = [
+        "t\\1,p1,chronic_migraine,2026-01-10,Botox \\N 100U,155.5,C:\\room\\2",
+        "t'2,p1,cervical_dystonia,2026-01-11,,,",
+        "t3,p1,myofascial_pain,2026-01-12,Dysport ‘500’ 💉,1000,\\",
+    ]
+    run(runtime, "patients", patients_csv(tmp_path, row), now)
+    assert run(runtime, "treatments", treatments_csv(tmp_path, *t_rows), now).counts.created == 3
+    with runtime.sessions() as session:
+        stored = session.execute(
+            select(
+                Treatment.external_id,
+                Treatment.administered_on,
+                Treatment.product,
+                Treatment.units,
+                Treatment.location,
+                Treatment.needs_plan,
+            ).order_by(Treatment.administered_on)
+        ).all()
+    assert [tuple(r) for r in stored] == [
+        ("t\\1", dt.date(2026, 1, 10), "Botox \\N 100U", Decimal("155.50"), "C:\\room\\2", False),
+        ("t'2", dt.date(2026, 1, 11), None, None, None, False),
+        ("t3", dt.date(2026, 1, 12), "Dysport ‘500’ 💉", Decimal("1000.00"), "\\", False),
+    ]
 
 
 def test_a_short_row_leaves_its_last_cells_empty(

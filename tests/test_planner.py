@@ -431,11 +431,11 @@ def test_a_failure_while_deciding_a_batch_leaves_the_connection_usable_and_nothi
     decide = planner._decide_batch
     decided: list[int] = []
 
-    def third_fails(rt: Runtime, batch: Any, now: dt.datetime) -> Any:
+    def third_fails(rt: Runtime, batch: Any, now: dt.datetime, postgres: bool) -> Any:
         decided.append(len(batch.groups))
         if len(decided) == 3:  # the earlier batches written, the next one being read
             raise RuntimeError("deciding failed")
-        return decide(rt, batch, now)
+        return decide(rt, batch, now, postgres)
 
     monkeypatch.setattr(planner, "_decide_batch", third_fails)
     with runtime.sessions() as s:
@@ -536,4 +536,30 @@ def test_inserting_reminders_skips_the_ones_a_concurrent_planner_wrote(
     assert {k: v[2] for k, v in steps(runtime, second).items()} == {
         "upcoming": MAR_4,
         "due": MAR_4 + dt.timedelta(days=1),
+    }
+
+
+def test_names_and_instants_go_through_copy_as_they_are(runtime, monkeypatch) -> None:
+    """The COPY text is made by hand (plan_store.copy_text): awkward names, and instants that
+    are not whole seconds, come back as given."""
+    monkeypatch.setattr(plan_store, "COPY_ROWS", 1)
+    treatment = add_treatment(runtime, "2026-02-20")
+    names = ["back\\slash", "tab\there", "new\nline", "cr\rhere", "\\N", "çiğdem’s 💉", "a;b,'c\""]
+    due = MAR_4 + dt.timedelta(microseconds=123456)
+    with runtime.sessions() as s, s.begin():
+        t = s.get_one(Treatment, treatment)
+        rows = [
+            reminder_row(
+                treatment,
+                t.patient_id,
+                t.protocol,
+                PlannedReminder(
+                    name, due.date(), due + dt.timedelta(hours=n), due + dt.timedelta(days=1)
+                ),
+            )
+            for n, name in enumerate(names)
+        ]
+        assert plan_store.insert_reminders(s, rows) == {t.protocol: len(names)}
+    assert {k: v[2] for k, v in steps(runtime, treatment).items()} == {
+        name: due + dt.timedelta(hours=n) for n, name in enumerate(names)
     }

@@ -6,9 +6,10 @@ from __future__ import annotations
 import datetime as dt
 import functools
 from collections.abc import Iterable, Iterator, Sequence
+from decimal import Decimal
 from typing import Any, TypeVar
 
-from sqlalchemy import ColumnElement, any_, bindparam, select, text
+from sqlalchemy import ColumnElement, Text, any_, bindparam, cast, func, select, text
 from sqlalchemy.dialects.postgresql import ARRAY
 from sqlalchemy.orm import QueryableAttribute, Session
 
@@ -35,8 +36,52 @@ def among(
     """``column IN values``; on PostgreSQL ``= ANY(array)`` with one parameter, so a lookup of
     thousands of values stays a short statement (the driver parses every statement's text)."""
     if session.get_bind().dialect.name == "postgresql":
-        return column == any_(bindparam(None, list(values), type_=ARRAY(column.type)))
+        return column == any_(pg_array(column, values))
     return column.in_(list(values))
+
+
+_SEPARATOR = "\x1f"  # a control character: no checked text holds one
+
+
+def pg_array(column: QueryableAttribute[Any], values: Sequence[Any]) -> ColumnElement[Any]:
+    """``values`` as one PostgreSQL array parameter for ``column``. Integers, and non-empty
+    text without the separator, go as one string that the server splits: the driver dumps an
+    array's elements one by one in Python (1.5-2 ms for 2,000, on the connection's thread,
+    twice per chunk of an import), where joining them takes a tenth of that."""
+    if values and all(type(v) is int for v in values):
+        joined = ",".join(map(str, values))
+        split = func.string_to_array(bindparam(None, joined, type_=Text), ",")
+        return cast(split, ARRAY(column.type))
+    if values and all(type(v) is str and v and _SEPARATOR not in v for v in values):
+        joined = _SEPARATOR.join(values)
+        split = func.string_to_array(bindparam(None, joined, type_=Text), _SEPARATOR)
+        return cast(split, ARRAY(Text))  # text, never cut to the column's length
+    return bindparam(None, list(values), type_=ARRAY(column.type))
+
+
+def copy_value(value: object) -> str:
+    """One value in PostgreSQL COPY's text format: NULL as ``\\N``; text with backslash, tab,
+    newline and carriage return escaped; booleans as ``t``/``f``; dates and aware datetimes
+    in ISO 8601 (with their offset: the session's time zone plays no part). COPY text made
+    here, by a thread that is not the connection's, leaves that thread only to send it."""
+    if value is None:
+        return "\\N"
+    if isinstance(value, str):
+        return (
+            value.replace("\\", "\\\\")
+            .replace("\t", "\\t")
+            .replace("\n", "\\n")
+            .replace("\r", "\\r")
+        )
+    if isinstance(value, bool):
+        return "t" if value else "f"
+    if isinstance(value, dt.datetime):
+        if value.tzinfo is None:
+            raise ValueError("naive datetime given to a UTC column")
+        return value.isoformat()
+    if isinstance(value, int | Decimal | dt.date):
+        return str(value)
+    raise TypeError(f"no COPY text for {type(value).__name__}")
 
 
 def analyze(session: Session, *tables: str) -> None:

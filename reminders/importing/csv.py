@@ -46,6 +46,7 @@ from reminders.runtime import Runtime
 from reminders.upsert import (
     Counts,
     Group,
+    copy_parts,
     plan_groups,
     upsert_patients,
     write_treatments,
@@ -257,6 +258,9 @@ class _Chunk:
     records: list[tuple[int, PatientRecord | TreatmentRecord]] = field(default_factory=list)
     errors: list[RowError] = field(default_factory=list)
     owners: dict[str, int] = field(default_factory=dict)  # treatments: patient ids
+    # Treatments on PostgreSQL: each record's COPY text (upsert.copy_parts), made while
+    # checking so that the connection's thread only sends it.
+    encoded: dict[str, tuple[str, str]] = field(default_factory=dict)
 
 
 class _Import:
@@ -288,6 +292,8 @@ class _Import:
         self.parse: Callable[..., PatientRecord | TreatmentRecord] = (
             parse_patient if scan.kind == "patients" else parse_treatment
         )
+        postgres = session.get_bind().dialect.name == "postgresql"
+        self.encode = scan.kind == "treatments" and postgres
 
     def all_rows(self) -> None:
         rows = _rows(self.scan.path, self.scan.delimiter)
@@ -344,6 +350,7 @@ class _Import:
                 self.now,
                 self.to_plan,
                 source="import",
+                encoded=checked.encoded,
             )
             # Half a written treatment's step waits for its group's planning, which comes
             # later: the progress bar keeps moving through it.
@@ -380,6 +387,13 @@ class _Import:
         self.step(len(rows) % PROGRESS_STEP)
         if repeated:
             self.drop_repeated(checked)
+        if self.encode:
+            runtime = self.runtime
+            checked.encoded = {
+                r.external_id: copy_parts(r, "import", runtime)
+                for _, r in checked.records
+                if isinstance(r, TreatmentRecord)
+            }
         return checked
 
     def drop_repeated(self, checked: _Chunk) -> None:
