@@ -9,6 +9,7 @@ Before sign-in the cookie carries only a CSRF token, so the sign-in form is prot
 from __future__ import annotations
 
 import datetime as dt
+import functools
 import hmac
 import re
 import secrets
@@ -30,8 +31,14 @@ LOCKOUT = dt.timedelta(minutes=15)
 SESSION_MAX_AGE = dt.timedelta(hours=12)
 _EMAIL = re.compile(r"^[^@\s]+@[^@\s]+\.[^@\s]+$")
 _hasher = PasswordHasher()
-# Verified against when the email is unknown, so a wrong email costs as long as a wrong password.
-_DUMMY_HASH = _hasher.hash(secrets.token_urlsafe(16))
+
+
+@functools.cache
+def dummy_hash() -> str:
+    """A hash to check a password against when there is no such user, so that an unknown
+    address takes as long as a wrong password. Made once, when first needed (the web app
+    makes it at start-up): an Argon2 hash costs ~0.1 s, which no CLI command should pay."""
+    return _hasher.hash(secrets.token_urlsafe(16))
 
 
 def N_(message: str) -> str:  # noqa: N802 - gettext's "translated where shown" marker
@@ -106,7 +113,7 @@ def authenticate(session: Session, email: str, password: str, *, now: dt.datetim
     locked even the right password is refused, so guessing cannot go on at full speed."""
     user = find_user(session, email)
     if user is None:
-        verify_password(_DUMMY_HASH, password)
+        verify_password(dummy_hash(), password)
         return None
     if user.locked_until is not None and user.locked_until > now:
         return None

@@ -17,7 +17,7 @@ from fastapi import FastAPI
 from fastapi.responses import PlainTextResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-from reminders import queries
+from reminders import auth, queries
 from reminders.logs import get_logger
 from reminders.migrate import head_revision, schema_problem
 from reminders.runtime import Runtime
@@ -58,6 +58,7 @@ class Probes:
 def create_app(runtime: Runtime) -> FastAPI:
     app = FastAPI(title="reminders", version="1", docs_url=None, redoc_url=None)
     app.state.runtime = runtime
+    auth.dummy_hash()  # made now: the first sign-in with an unknown address takes no longer
     probes = Probes(runtime)
 
     @app.get("/healthz", response_class=PlainTextResponse, include_in_schema=False)
@@ -85,9 +86,10 @@ def create_app(runtime: Runtime) -> FastAPI:
             log.warning("metrics_gauges_stale", error=type(exc).__name__)
         return Response(generate_latest(runtime.metrics.registry), media_type=CONTENT_TYPE_LATEST)
 
-    from reminders.web import api, console, webhooks
+    from reminders.web import api, webhooks
+    from reminders.web.console.routes import router as console
 
     app.include_router(webhooks.router)
     app.include_router(api.router)
-    app.include_router(console.router)
+    app.include_router(console)
     return app

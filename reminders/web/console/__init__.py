@@ -2,20 +2,6 @@
 
 Sign-in and roles live in :mod:`reminders.auth` and :mod:`reminders.web.console.base`; staff
 see templates, patients, the outbox and the dashboard, administrators also protocols and users.
+The pages' router is :data:`reminders.web.console.routes.router`: importing this package (the
+``reminders users`` command does) does not load the web framework.
 """
-
-from fastapi import APIRouter
-
-from reminders.web.console.routes import (
-    account,
-    dashboard,
-    outbox,
-    patients,
-    protocols,
-    templates,
-    users,
-)
-
-router = APIRouter(include_in_schema=False)
-for _page in (account, dashboard, templates, protocols, patients, outbox, users):
-    router.include_router(_page.router, prefix="/admin")
