@@ -71,6 +71,7 @@ def plan_groups(
     *,
     now: dt.datetime,
     progress: Progress | None = None,
+    reader: Session | None = None,
 ) -> int:
     """Plan these (patient, protocol) groups in the caller's transaction; returns rows written.
 
@@ -79,7 +80,11 @@ def plan_groups(
     connection's work runs on a helper thread, one statement at a time: the previous batch's
     writes, then the next batch's reads, while this batch is put together and decided in
     Python (the server works while Python does). SQLite does its work in this process, so
-    there it all runs in turn. ``progress`` is told how many groups each written batch held."""
+    there it all runs in turn. ``progress`` is told how many groups each written batch held.
+
+    ``reader``: a session on another connection, for a caller whose transaction changed no
+    patient or consent (a treatments import): the patients are read there as committed, by
+    the deciding thread, while this session's connection writes and reads the rest."""
     session.flush()  # the writes below go around the ORM: the caller's changes first
     ordered = sorted(set(groups))
     batches = [ordered[i : i + BATCH] for i in range(0, len(ordered), BATCH)]
@@ -88,7 +93,8 @@ def plan_groups(
     postgres = session.get_bind().dialect.name == "postgresql"
     overlap = len(batches) > 1 and postgres
     written = 0
-    fetched: _Fetched | None = _fetch(session, runtime, batches[0], now)
+    contacts = reader is None  # read with the rest, on the connection's thread
+    fetched: _Fetched | None = _fetch(session, runtime, batches[0], now, contacts)
     decided: _Batch | None = None  # decided, not yet written
     # No thread starts until something is submitted: one batch, or SQLite, runs inline.
     with ThreadPoolExecutor(1, thread_name_prefix="plan-db") as pool:
@@ -97,17 +103,19 @@ def plan_groups(
             following = batches[index + 1] if index + 1 < len(batches) else None
             if overlap:
                 job = pool.submit(
-                    _write_then_fetch, session, runtime, decided, following, now, progress
+                    _write_then_fetch, session, runtime, decided, following, now, progress, contacts
                 )
                 try:
-                    decided = _decide_batch(runtime, _assemble(current), now, postgres)
+                    batch = _assemble(runtime, current, now, reader)
+                    decided = _decide_batch(runtime, batch, now, postgres)
                 finally:  # also when deciding failed: never leave the connection mid-statement
                     done, fetched = job.result()
             else:
                 done, fetched = _write_then_fetch(
-                    session, runtime, decided, following, now, progress
+                    session, runtime, decided, following, now, progress, contacts
                 )
-                decided = _decide_batch(runtime, _assemble(current), now, postgres)
+                batch = _assemble(runtime, current, now, reader)
+                decided = _decide_batch(runtime, batch, now, postgres)
             written += done
     assert decided is not None
     return written + _write(session, runtime, decided, progress)
@@ -120,7 +128,7 @@ class _Fetched:
     groups: list[Group]
     treatments: list[TreatmentRow]  # of the groups' patients under the groups' protocols
     reminders: list[ReminderRow]  # of those treatments
-    patients: dict[int, Contact]  # the patients planning needs (see _needed)
+    patients: dict[int, Contact] | None  # the patients planning needs (_needed); None: not read
 
 
 @dataclass
@@ -147,17 +155,25 @@ def _write_then_fetch(
     following: list[Group] | None,
     now: dt.datetime,
     progress: Progress | None,
+    contacts: bool,
 ) -> tuple[int, _Fetched | None]:
     """The connection's work between two decisions: write one batch, read the next."""
     written = _write(session, runtime, decided, progress) if decided is not None else 0
-    return written, _fetch(session, runtime, following, now) if following is not None else None
+    if following is None:
+        return written, None
+    return written, _fetch(session, runtime, following, now, contacts)
 
 
-def _fetch(session: Session, runtime: Runtime, groups: list[Group], now: dt.datetime) -> _Fetched:
+def _fetch(
+    session: Session, runtime: Runtime, groups: list[Group], now: dt.datetime, contacts: bool
+) -> _Fetched:
     """Every row a batch needs, by queries that need nothing but the groups (so they can run
-    while the previous batch is being decided); :func:`_assemble` makes the batch of them."""
+    while the previous batch is being decided); :func:`_assemble` makes the batch of them.
+    Without ``contacts``, the patients are left to :func:`_assemble`."""
     treatments = plan_store.treatments_of(session, groups)
     reminders = plan_store.reminders_of(session, groups)
+    if not contacts:
+        return _Fetched(groups, treatments, reminders, None)
     needed = _needed(runtime, groups, treatments, reminders, now)
     return _Fetched(groups, treatments, reminders, plan_store.contacts_by_id(session, needed))
 
@@ -193,10 +209,18 @@ def _needed(
     return needed
 
 
-def _assemble(fetched: _Fetched | None) -> _Batch:
+def _assemble(
+    runtime: Runtime, fetched: _Fetched | None, now: dt.datetime, reader: Session | None
+) -> _Batch:
     """The batch as the decisions need it: each group's treatments latest first, every
-    reminder of each group's latest treatment, the pending ones' ids of the others."""
+    reminder of each group's latest treatment, the pending ones' ids of the others, and the
+    patients (read here, through ``reader``, when the fetch left them)."""
     assert fetched is not None
+    patients = fetched.patients
+    if patients is None:
+        assert reader is not None
+        needed = _needed(runtime, fetched.groups, fetched.treatments, fetched.reminders, now)
+        patients = plan_store.contacts_by_id(reader, needed)
     treatments = plan_store.by_group(fetched.treatments, fetched.groups)
     latest_ids = {t.id for t in map(_latest, treatments.values()) if t is not None}
     others = {t.id for found in treatments.values() for t in found} - latest_ids
@@ -207,7 +231,7 @@ def _assemble(fetched: _Fetched | None) -> _Batch:
             reminders.setdefault(r.treatment_id, []).append(r)
         elif r.treatment_id in others and r.status == RS.PENDING:
             pending.setdefault(r.treatment_id, []).append(r.id)
-    return _Batch(fetched.groups, treatments, reminders, pending, fetched.patients)
+    return _Batch(fetched.groups, treatments, reminders, pending, patients)
 
 
 def _decide_batch(runtime: Runtime, batch: _Batch, now: dt.datetime, postgres: bool) -> _Batch:

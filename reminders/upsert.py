@@ -279,13 +279,15 @@ def plan_groups(
     groups: Collection[Group],
     now: dt.datetime,
     progress: planner.Progress | None = None,
+    reader: Session | None = None,
 ) -> int:
     """Plan these (patient, protocol) groups in the caller's transaction: one call of the
-    set-based planner, which reads and writes a batch of groups with a few statements.
-    Returns the reminder rows written."""
+    set-based planner, which reads and writes a batch of groups with a few statements
+    (``reader``: see :func:`reminders.planner.plan_groups`). Returns the reminder rows
+    written."""
     if not groups:
         return 0
-    return planner.plan_groups(session, runtime, groups, now=now, progress=progress)
+    return planner.plan_groups(session, runtime, groups, now=now, progress=progress, reader=reader)
 
 
 # Treatments

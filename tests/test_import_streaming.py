@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import datetime as dt
 from pathlib import Path
+from typing import Any
 
 import pytest
 from sqlalchemy import delete, event, select, update
@@ -274,3 +275,33 @@ def test_a_big_import_refreshes_the_statistics_of_what_it_wrote(
         event.remove(runtime.engine, listen, record)
     assert [s for s in seen if s.startswith("ANALYZE")] == analyzed
     assert count(runtime, Reminder) == 3 * rows
+
+
+def test_a_treatments_import_reads_the_patients_on_a_second_connection(
+    runtime: Runtime, now: dt.datetime, tmp_path: Path
+) -> None:
+    """On PostgreSQL the import's own connection is left to its writes and the reads that
+    need them; the patients (committed, never written by a treatments import) are looked up
+    and read for planning on another, by the thread that checks and decides."""
+    if runtime.engine.dialect.name != "postgresql":
+        pytest.skip("one connection on SQLite")
+    run(runtime, "patients", patients_csv(tmp_path, *patient_rows(12)), now)
+    by_connection: dict[int, list[str]] = {}
+    listen = "before_cursor_execute"
+
+    def record(conn: Any, _cursor: object, statement: str, *_: object) -> None:
+        words = statement.split()
+        table = words[words.index("FROM") + 1] if "FROM" in words else words[1]
+        by_connection.setdefault(id(conn.connection.dbapi_connection), []).append(table)
+
+    event.listen(runtime.engine, listen, record)
+    try:
+        treatments = [f"t{i},p{i % 12},chronic_migraine,2026-02-20,,," for i in range(30)]
+        report = run(runtime, "treatments", treatments_csv(tmp_path, *treatments), now)
+    finally:
+        event.remove(runtime.engine, listen, record)
+    assert report.counts.created == 30
+    main, second = sorted(by_connection.values(), key=len, reverse=True)
+    assert "patients" not in main and "consents" not in main
+    assert {"patients", "consents"} <= set(second) <= {"patients", "consents"}
+    assert count(runtime, Reminder) > 0

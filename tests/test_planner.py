@@ -315,10 +315,14 @@ def groups_of(rt: Runtime, treatment_ids: list[int]) -> list[tuple[int, str]]:
         return sorted({(r[0], r[1]) for r in rows})
 
 
-def plan_groups_of(rt: Runtime, treatment_ids: list[int], now: dt.datetime) -> int:
+def plan_groups_of(
+    rt: Runtime, treatment_ids: list[int], now: dt.datetime, *, reader: bool = False
+) -> int:
+    """``reader``: the patients are read through a second session (as a treatments import
+    does on PostgreSQL)."""
     groups = groups_of(rt, treatment_ids)
-    with rt.sessions() as s, s.begin():
-        return plan_groups(s, rt, groups, now=now)
+    with rt.sessions() as s, s.begin(), rt.sessions() as second:
+        return plan_groups(s, rt, groups, now=now, reader=second if reader else None)
 
 
 def outcome(rt: Runtime, t: dict[str, int]) -> dict[str, dict[str, tuple[Any, ...]]]:
@@ -353,10 +357,20 @@ def statements(rt: Runtime) -> Iterator[list[str]]:
         event.remove(rt.engine, "before_cursor_execute", record)
 
 
-@pytest.mark.parametrize("copy_rows", [plan_store.COPY_ROWS, 1], ids=["arrays", "copy"])
-def test_a_batch_of_groups_is_planned_as_each_group_alone(runtime, monkeypatch, copy_rows) -> None:
-    """(On PostgreSQL, many new reminders go in by COPY: both ways are checked.)"""
+@pytest.mark.parametrize(
+    ("copy_rows", "reader", "batch"),
+    [(plan_store.COPY_ROWS, False, planner.BATCH), (1, False, planner.BATCH), (1, True, 2)],
+    ids=["arrays", "copy", "copy-reader-batches"],
+)
+def test_a_batch_of_groups_is_planned_as_each_group_alone(
+    runtime, monkeypatch, copy_rows, reader, batch
+) -> None:
+    """(On PostgreSQL, many new reminders go in by COPY; a treatments import reads the
+    patients on a second connection, and many groups go in batches: each way is checked.)"""
+    if reader and runtime.engine.dialect.name != "postgresql":
+        pytest.skip("a second connection while writing: PostgreSQL (the import uses it there)")
     monkeypatch.setattr(plan_store, "COPY_ROWS", copy_rows)
+    monkeypatch.setattr(planner, "BATCH", batch)
     cervical = runtime.protocols["cervical_dystonia"]
     together, alone = changed_clinic(runtime), changed_clinic(runtime)
     # A staff edit drops a step the "edited" group has planned.
@@ -364,7 +378,7 @@ def test_a_batch_of_groups_is_planned_as_each_group_alone(runtime, monkeypatch, 
         update={"steps": cervical.steps[1:]}
     )
     try:
-        written = plan_groups_of(runtime, list(together.values()), MAR_4)
+        written = plan_groups_of(runtime, list(together.values()), MAR_4, reader=reader)
         written_alone = 0
         for group in groups_of(runtime, list(alone.values())):
             with runtime.sessions() as s, s.begin():

@@ -17,6 +17,7 @@ the chunk (and the set of external ids the first pass keeps), not the file.
 from __future__ import annotations
 
 import codecs
+import contextlib
 import csv
 import datetime as dt
 import threading
@@ -240,15 +241,32 @@ def import_scanned(
     progress: Progress | None = None,
 ) -> Report:
     """Import a file :func:`scan_file` has read once, a chunk at a time, in one transaction."""
-    with runtime.sessions() as session, session.begin() as transaction:
+    with (
+        runtime.sessions() as session,
+        session.begin() as transaction,
+        _reader(runtime, scan, session) as reader,
+    ):
         protocol_store.refresh(session, runtime)
         rules = Rules.of(runtime.settings, runtime.protocols, now)
-        run = _Import(session, runtime, scan, rules, now, skip_invalid, progress)
+        run = _Import(session, runtime, scan, rules, now, skip_invalid, progress, reader)
         run.all_rows()
         if run.report.refused or dry_run:
             transaction.rollback()
             run.report.written = False
     return run.report
+
+
+@contextlib.contextmanager
+def _reader(runtime: Runtime, scan: Scan, session: Session) -> Iterator[Session | None]:
+    """For treatments on PostgreSQL, a second session (its own connection) for what the
+    import reads as committed and never writes: the patients, looked up while a chunk is
+    checked and read for the planning while a batch is decided, so the import's own
+    connection is left to its writes. None elsewhere (SQLite is one process' work anyway)."""
+    if scan.kind != "treatments" or session.get_bind().dialect.name != "postgresql":
+        yield None
+        return
+    with runtime.sessions() as reader:
+        yield reader
 
 
 @dataclass
@@ -257,7 +275,7 @@ class _Chunk:
 
     records: list[tuple[int, PatientRecord | TreatmentRecord]] = field(default_factory=list)
     errors: list[RowError] = field(default_factory=list)
-    owners: dict[str, int] = field(default_factory=dict)  # treatments: patient ids
+    owners: dict[str, int] | None = None  # treatments: patient ids, once looked up
     # Treatments on PostgreSQL: each record's COPY text (upsert.copy_parts), made while
     # checking so that the connection's thread only sends it.
     encoded: dict[str, tuple[str, str]] = field(default_factory=dict)
@@ -275,8 +293,10 @@ class _Import:
         now: dt.datetime,
         skip_invalid: bool,
         progress: Progress | None,
+        reader: Session | None = None,
     ) -> None:
         self.session, self.runtime, self.scan = session, runtime, scan
+        self.reader = reader  # see _reader
         self.rules, self.now, self.progress = rules, now, progress
         self.skip_invalid = skip_invalid
         self.stepping = threading.Lock()
@@ -346,7 +366,7 @@ class _Import:
                 self.session,
                 self.runtime,
                 treatments,
-                checked.owners,
+                checked.owners or {},  # looked up by drop_unknown_patients
                 self.now,
                 self.to_plan,
                 source="import",
@@ -387,6 +407,9 @@ class _Import:
         self.step(len(rows) % PROGRESS_STEP)
         if repeated:
             self.drop_repeated(checked)
+        if self.reader is not None:  # the patients, while the last chunk is being written
+            wanted = {r.patient_external_id for _, r in good if isinstance(r, TreatmentRecord)}
+            checked.owners = self.owners_of(wanted, self.reader)
         if self.encode:
             runtime = self.runtime
             checked.encoded = {
@@ -404,7 +427,10 @@ class _Import:
 
     def drop_unknown_patients(self, checked: _Chunk) -> None:
         records: list[tuple[int, TreatmentRecord]] = checked.records  # type: ignore[assignment]
-        known = checked.owners = self.owners_of({r.patient_external_id for _, r in records})
+        if checked.owners is None:
+            wanted = {r.patient_external_id for _, r in records}
+            checked.owners = self.owners_of(wanted, self.session)
+        known = checked.owners
         unknown = [(n, r) for n, r in records if r.patient_external_id not in known]
         if not unknown:
             return
@@ -414,13 +440,13 @@ class _Import:
         ]
         checked.records = [(n, r) for n, r in records if r.patient_external_id in known]
 
-    def owners_of(self, external_ids: set[str]) -> dict[str, int]:
+    def owners_of(self, external_ids: set[str], session: Session) -> dict[str, int]:
         """Stored patients' ids by external id; the ones seen before come from memory (up to
         :data:`OWNER_CACHE` of them), so a patient with many treatments is looked up once."""
         cache = self.owners
         found = {e: cache[e] for e in external_ids if e in cache}
         if len(found) < len(external_ids):
-            looked_up = patient_ids(self.session, external_ids - found.keys())
+            looked_up = patient_ids(session, external_ids - found.keys())
             if len(cache) + len(looked_up) > OWNER_CACHE:
                 cache.clear()
             cache.update(looked_up)
@@ -467,7 +493,7 @@ class _Import:
             reported = done
 
         self.planned += plan_groups(
-            self.session, self.runtime, groups, self.now, progress=batch_written
+            self.session, self.runtime, groups, self.now, progress=batch_written, reader=self.reader
         )
         self.step(held - reported)
 
