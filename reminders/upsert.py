@@ -342,7 +342,6 @@ def write_treatments(
     new_records: list[TreatmentRecord] = []
     changed: dict[str, dict[str, Any]] = {}
     outcomes = []
-    protocols = runtime.protocols
     for record in chunk:
         values = (
             owners[record.patient_external_id],
@@ -354,10 +353,7 @@ def write_treatments(
         )
         found = stored.get(record.external_id)
         if found is None:
-            # Not flagged: the caller plans its group in this transaction (below, or at the
-            # end of an import), and a flag would cost an update of every new row. Under a
-            # protocol no longer configured it waits, flagged, and the planner logs it.
-            new.append((record.external_id, *values, source, record.protocol not in protocols))
+            new.append((record.external_id, *values, source, _flagged(record, runtime)))
             new_records.append(record)
             to_plan.add((values[0], record.protocol))
             outcomes.append(Outcome.CREATED)
@@ -424,9 +420,16 @@ def copy_parts(record: TreatmentRecord, source: str, runtime: Runtime) -> tuple[
         record.units,
         record.location,
         source,
-        record.protocol not in runtime.protocols,  # needs_plan: see write_treatments
+        _flagged(record, runtime),
     )
     return copy_value(record.external_id), "\t".join(map(copy_value, values))
+
+
+def _flagged(record: TreatmentRecord, runtime: Runtime) -> bool:
+    """``needs_plan`` of a new treatment. Not flagged: the caller plans its group in this
+    transaction (at once, or at the end of an import), and a flag would cost an update of every
+    new row. Under a protocol no longer configured it waits, flagged, and the planner logs it."""
+    return record.protocol not in runtime.protocols
 
 
 def _stored_treatments(

@@ -276,8 +276,8 @@ class _Chunk:
     records: list[tuple[int, PatientRecord | TreatmentRecord]] = field(default_factory=list)
     errors: list[RowError] = field(default_factory=list)
     owners: dict[str, int] | None = None  # treatments: patient ids, once looked up
-    # Treatments on PostgreSQL: each record's COPY text (upsert.copy_parts), made while
-    # checking so that the connection's thread only sends it.
+    # With a reader (treatments on PostgreSQL): each record's COPY text (upsert.copy_parts),
+    # made while checking so that the connection's thread only sends it.
     encoded: dict[str, tuple[str, str]] = field(default_factory=dict)
 
 
@@ -312,8 +312,6 @@ class _Import:
         self.parse: Callable[..., PatientRecord | TreatmentRecord] = (
             parse_patient if scan.kind == "patients" else parse_treatment
         )
-        postgres = session.get_bind().dialect.name == "postgresql"
-        self.encode = scan.kind == "treatments" and postgres
 
     def all_rows(self) -> None:
         rows = _rows(self.scan.path, self.scan.delimiter)
@@ -407,16 +405,12 @@ class _Import:
         self.step(len(rows) % PROGRESS_STEP)
         if repeated:
             self.drop_repeated(checked)
-        if self.reader is not None:  # the patients, while the last chunk is being written
-            wanted = {r.patient_external_id for _, r in good if isinstance(r, TreatmentRecord)}
+        if self.reader is not None:  # treatments on PostgreSQL, while the last chunk is written
+            treatments = [r for _, r in checked.records if isinstance(r, TreatmentRecord)]
+            wanted = {r.patient_external_id for r in treatments}
             checked.owners = self.owners_of(wanted, self.reader)
-        if self.encode:
             runtime = self.runtime
-            checked.encoded = {
-                r.external_id: copy_parts(r, "import", runtime)
-                for _, r in checked.records
-                if isinstance(r, TreatmentRecord)
-            }
+            checked.encoded = {r.external_id: copy_parts(r, "import", runtime) for r in treatments}
         return checked
 
     def drop_repeated(self, checked: _Chunk) -> None:
