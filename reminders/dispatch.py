@@ -1,6 +1,7 @@
 """Dispatch: claim due reminders, pick a channel, render, send.
 
-The claim is one short transaction. The claimed batch is then prepared in one more: the
+The claim is one short transaction. The claimed batch is then prepared in one more (while a
+full batch is sent, the next is claimed and prepared on a thread of its own): the
 reminders, their treatments, patients and consents, superseded treatments, failed channels and
 staff templates are read in a few queries; the moot ones (expired, deleted, superseded,
 inactive, outside the send window, no channel) are ended or put back with bulk statements; the
@@ -41,7 +42,8 @@ import threading
 import time
 import uuid
 from collections import Counter, deque
-from concurrent.futures import FIRST_COMPLETED, Future, wait
+from collections.abc import Callable
+from concurrent.futures import FIRST_COMPLETED, CancelledError, Future, wait
 from dataclasses import dataclass
 from functools import partial
 from typing import Any
@@ -88,6 +90,43 @@ class Ready:
     since: float  # time.monotonic() at the batch's ``now``
 
 
+@dataclass
+class Prepared:
+    """A claimed batch with its first round prepared (or the error that stopped it)."""
+
+    ids: list[int]
+    now: dt.datetime
+    since: float  # time.monotonic() at ``now``
+    ready: list[Ready] = dataclasses.field(default_factory=list)
+    results: dict[int, str] = dataclasses.field(default_factory=dict)
+    error: Exception | None = None
+
+    def take(self, results: dict[int, str]) -> list[Ready]:
+        """The prepared attempts; what preparing settled goes into ``results``."""
+        if self.error is not None:
+            raise self.error
+        results.update(self.results)
+        return self.ready
+
+
+class _Ahead:
+    """The next batch: started once, when first called (the current batch has started all
+    its attempts) or when its result is asked for (it never got that far)."""
+
+    def __init__(self, start: Callable[[], Future[Prepared]]) -> None:
+        self._start = start
+        self._future: Future[Prepared] | None = None
+
+    def __call__(self) -> None:
+        if self._future is None:
+            self._future = self._start()
+
+    def result(self) -> Prepared:
+        self()
+        assert self._future is not None
+        return self._future.result()
+
+
 class Dispatcher:
     """Sends what is due. One per process; ``owner`` names it in claims."""
 
@@ -121,6 +160,7 @@ class Dispatcher:
         # What a crash can leave in doubt; ``max_sending`` is for tests and measurements.
         self._max_sending = max_sending or threads * (1 + s.dispatch_ahead)
         self._pool = WorkerPool(threads, "dispatch")
+        self._preparer = WorkerPool(1, "prepare")  # the next batch, while one is sent
         # A step's claim check and writes: one statement on PostgreSQL, five elsewhere.
         self._one_statement = runtime.engine.dialect.name == "postgresql"
 
@@ -129,10 +169,13 @@ class Dispatcher:
         sends in flight, give back every claim."""
         with self._claiming:
             self.stopping.set()
+        self._preparer.shutdown()  # no batch is claimed from now on
         self._cancel_waiting()
         if not self._pool.wait_idle(timeout):
             log.warning("shutdown_with_sends_in_flight", owner=self.owner)
         self._abandon.set()
+        if not self._preparer.wait_idle(timeout):  # a batch being prepared: its claims too
+            log.warning("shutdown_while_preparing", owner=self.owner)
         self._record_late()  # what finished in time is written before the claims go back
         grace = dt.timedelta(seconds=self.runtime.settings.in_doubt_grace_seconds)
         with self.runtime.sessions() as session, session.begin():
@@ -145,15 +188,47 @@ class Dispatcher:
 
     def run_once(self, *, now: dt.datetime) -> Counter[str]:
         """Claim batches until nothing is due (or stopping); returns outcome counts. ``now`` is
-        the start of the pass; later batches see it advanced by the time the pass has taken."""
+        the start of the pass; later batches see it advanced by the time the pass has taken.
+
+        Once every attempt of a full batch has started, the next batch is claimed and
+        prepared on another thread (its rows read, its messages rendered) while the last calls
+        are made, so the workers do not sit idle between batches: at most two batches are
+        claimed at once, the second only for as long as the first's last calls take."""
         outcomes: Counter[str] = Counter()
-        size, started, moment = self.runtime.settings.dispatch_batch_size, time.monotonic(), now
-        while ids := self._claim(moment, size):
-            outcomes.update(self._dispatch(ids, moment).values())
-            if len(ids) < size or self._abandon.is_set():
+        size, started = self.runtime.settings.dispatch_batch_size, time.monotonic()
+        batch = self._claim_and_prepare(now, size)
+        while batch.ids:
+            ahead = _Ahead(partial(self._ahead, now, started, size))
+            more = len(batch.ids) == size and not self._abandon.is_set()
+            outcomes.update(
+                self._dispatch(batch.ids, batch.now, batch, ahead if more else None).values()
+            )
+            if not more:
                 break
-            moment = now + dt.timedelta(seconds=time.monotonic() - started)
+            try:
+                batch = ahead.result()  # a failure to claim propagates, as for the first
+            except CancelledError:  # close() shut the preparing thread down first
+                break
         return outcomes
+
+    def _ahead(self, now: dt.datetime, started: float, size: int) -> Future[Prepared]:
+        """The next batch of the pass begun at ``now`` (``started``, monotonic), claimed and
+        prepared on the preparing thread."""
+        moment = now + dt.timedelta(seconds=time.monotonic() - started)
+        return self._preparer.submit(partial(self._claim_and_prepare, moment, size))
+
+    def _claim_and_prepare(self, now: dt.datetime, size: int) -> Prepared:
+        """A batch claimed and its first round prepared. A failure to claim propagates; a
+        failure to prepare is kept for :meth:`_dispatch` (which logs it and leaves the claims
+        to their leases)."""
+        ids = self._claim(now, size)
+        batch = Prepared(ids, now, time.monotonic())
+        if ids:
+            try:
+                batch.ready = self._prepare(ids, now, batch.since, batch.results)
+            except Exception as exc:
+                batch.error = exc
+        return batch
 
     def process(self, reminder_id: int, *, now: dt.datetime) -> str:
         """Handle one claimed reminder to its next state; returns what happened."""
@@ -172,21 +247,38 @@ class Dispatcher:
 
     # --- a claimed batch ----------------------------------------------------------------------
 
-    def _dispatch(self, ids: list[int], now: dt.datetime) -> dict[int, str]:
-        """Every claimed reminder of ``ids`` to its next state: what happened to each."""
+    def _dispatch(
+        self,
+        ids: list[int],
+        now: dt.datetime,
+        first: Prepared | None = None,
+        drained: Callable[[], object] | None = None,
+    ) -> dict[int, str]:
+        """Every claimed reminder of ``ids`` to its next state: what happened to each.
+        ``first``: the first round, prepared already; ``drained``: called once every attempt
+        of the first round has started (:meth:`run_once`)."""
         results: dict[int, str] = {}
         todo = list(ids)
-        since = time.monotonic()  # ``now`` moves on from here (a send must not come too late)
+        # ``now`` moves on from here (a send must not come too late)
+        since = first.since if first is not None else time.monotonic()
         try:
             for _ in range(len(Channel) + 1):
                 if not todo:
                     break
-                if self.stopping.is_set():
+                if first is not None:  # prepared while the previous batch was sent
+                    ready, first = first.take(results), None
+                    if self.stopping.is_set():
+                        results.update(self._give_back([r.claimed.id for r in ready], now))
+                        todo = []
+                        break
+                elif self.stopping.is_set():
                     results.update(self._give_back(todo, now))
                     todo = []
                     break
-                ready = self._prepare(todo, now, since, results)
-                todo = self._send_all(ready, now, results)
+                else:
+                    ready = self._prepare(todo, now, since, results)
+                todo = self._send_all(ready, now, results, drained)
+                drained = None
             results.update(dict.fromkeys(todo, "fallback_loop"))
         except Exception:
             log.exception("dispatch_error", reminder_ids=[i for i in ids if i not in results])
@@ -195,6 +287,8 @@ class Dispatcher:
         return results
 
     def _give_back(self, ids: list[int], now: dt.datetime) -> dict[int, str]:
+        if not ids:
+            return {}
         with self.runtime.sessions() as session, session.begin():
             deliveries.put_back(session, ids, self.owner, at=now)
         return dict.fromkeys(ids, "released")
@@ -218,8 +312,15 @@ class Dispatcher:
 
     # --- sending: slots, group commit ---------------------------------------------------------
 
-    def _send_all(self, ready: list[Ready], now: dt.datetime, results: dict[int, str]) -> list[int]:
-        """Send the prepared attempts; returns the reminders to try on their next channel."""
+    def _send_all(
+        self,
+        ready: list[Ready],
+        now: dt.datetime,
+        results: dict[int, str],
+        drained: Callable[[], object] | None = None,
+    ) -> list[int]:
+        """Send the prepared attempts; returns the reminders to try on their next channel.
+        ``drained`` is called once every attempt has started."""
         queue: deque[Ready] = deque(ready)
         again: list[int] = []
         running: set[Future[Done]] = set()
@@ -239,6 +340,9 @@ class Dispatcher:
                         session, auto, queue, len(running), now, results, again
                     )
                     running.update(map(self._submit, started))
+                    if drained is not None and not queue:
+                        drained()
+                        drained = None
                     self.outcomes.report(done)  # while those calls go out
                     if not running or self._abandon.is_set():
                         break

@@ -108,17 +108,23 @@ class SharedRateLimiter:
     """A sender's rate kept across every process on one database (``send_slots``).
 
     A slot is reserved with one atomic ``UPDATE ... RETURNING``:
-    ``next_slot = max(next_slot, now) + k / rate``. A process reserves up to ``BLOCK_SECONDS``
-    worth of slots (``BLOCK_MAX`` at most) at a time, so a fast sender costs one statement per
-    block, not per message; a reserved slot still unused well after it has passed is dropped
-    (using it late would send a burst). Slots are wall-clock (Unix) times: replicas' clocks
+    ``next_slot = max(next_slot, now) + k / rate``, on PostgreSQL in autocommit (the statement
+    commits itself: no BEGIN and COMMIT round trips). A process reserves up to
+    ``BLOCK_SECONDS`` worth of slots (``BLOCK_MAX`` at most) at a time, so a fast sender costs
+    one statement per block, not per message. A reserved slot still unused well after it has
+    passed (``STALE_SECONDS``) is dropped when its block spans longer than that: spending the
+    block's late slots at once would be a bigger burst than a slot's tolerated lateness
+    allows. A shorter block (a fast rate: 16 slots of 1/1000 s) is used up however late: all
+    of it at once is no bigger a burst than that tolerance, and a sender slower than its rate
+    would otherwise see its slots go stale and reserve anew every ``STALE_SECONDS``, its
+    workers queued behind each reservation. Slots are wall-clock (Unix) times: replicas' clocks
     must agree to a fraction of the interval, as NTP keeps them. A provider's hold (429) moves
     the shared slot too, so every replica waits. If the database cannot be reached, the
     process spaces its own sends.
     """
 
     BLOCK_SECONDS = 0.1  # a block holds up to this long of a sender's slots...
-    BLOCK_MAX = 16  # ...and at most this many: a block a process cannot use holds back others
+    BLOCK_MAX = 64  # ...and at most this many: a block a process cannot use holds back others
     STALE_SECONDS = 0.05  # a reserved slot this far in the past is dropped, not used
 
     def __init__(
@@ -133,6 +139,9 @@ class SharedRateLimiter:
             raise ValueError("rate must be positive")
         self.channel, self.interval = channel, 1.0 / rate
         self.block = max(1, min(int(rate * self.BLOCK_SECONDS), self.BLOCK_MAX))
+        # How late a reserved slot may still be used (forever: see the class's note).
+        short = self.block * self.interval <= self.STALE_SECONDS
+        self._lateness = float("inf") if short else max(self.interval, self.STALE_SECONDS)
         self._sessions, self._clock, self._monotonic = sessions, clock, monotonic
         self._slots: deque[float] = deque()  # reserved for this process, oldest first
         self._held_until = 0.0
@@ -176,7 +185,7 @@ class SharedRateLimiter:
     def _next_slot(self) -> float:
         with self._lock:
             now = self._clock()
-            while self._slots and self._slots[0] < now - max(self.interval, self.STALE_SECONDS):
+            while self._slots and self._slots[0] < now - self._lateness:
                 self._slots.popleft()  # passed unused: sending on it now would be a burst
             if not self._slots:
                 self._slots.extend(self._reserve(now))
@@ -186,7 +195,8 @@ class SharedRateLimiter:
         count = self.block
         try:
             with self._sessions() as session, session.begin():
-                session.connection()  # a new connection can take a while: `now` comes after
+                # A new connection can take a while: `now` comes after.
+                session.connection(execution_options=self._options(session))
                 now = self._clock()
                 at_least, advance = max(now, self._held_until), count * self.interval
                 end = self._move(session, at_least, advance)
@@ -202,6 +212,14 @@ class SharedRateLimiter:
             raise RuntimeError(f"no send slot row for {self.channel}")
         start = end - count * self.interval
         return [start + i * self.interval for i in range(count)]
+
+    @staticmethod
+    def _options(session: Session) -> dict[str, Any]:
+        """On PostgreSQL, autocommit: each statement (the move, the first insert) is atomic on
+        its own and commits itself, sparing the BEGIN and COMMIT round trips."""
+        if session.get_bind().dialect.name == "postgresql":
+            return {"isolation_level": "AUTOCOMMIT"}
+        return {}
 
     def _move(self, session: Session, at_least: float, advance: float = 0.0) -> float | None:
         """Move this sender's next slot to at least ``at_least``, then ``advance`` seconds on;

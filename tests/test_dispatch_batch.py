@@ -208,6 +208,90 @@ def test_closing_while_every_worker_is_stuck_gives_back_the_attempts_written_ahe
     assert [m.reminder_id for m in senders["sms"].attempts] == [first]
 
 
+def claimed_by_d1(rt: Runtime) -> int:
+    with rt.sessions() as s:
+        return s.scalar(select(func.count()).where(Reminder.claimed_by == "d1")) or 0
+
+
+def wait_for(condition: Callable[[], bool], seconds: float = 5.0) -> bool:
+    deadline = time.monotonic() + seconds
+    while not condition():
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.01)
+    return True
+
+
+def test_the_next_batch_is_claimed_and_prepared_while_one_is_sent(
+    runtime, make_dispatcher, senders, now
+):
+    """Once a full batch has started all its calls, the next is claimed and prepared on
+    another thread, so the workers do not wait for it between batches; never earlier (its
+    claims would wait out the whole batch), and no more than two batches are claimed."""
+    rids = [due(runtime, now) for _ in range(7)]
+    first_two, the_rest = threading.Event(), threading.Event()
+    calls = threading.Semaphore(0)
+
+    def stuck(_message: OutboundMessage) -> None:
+        calls.release()
+        (first_two if len(senders["sms"].attempts) <= 2 else the_rest).wait(10)
+
+    senders["sms"].script = stuck
+    dispatcher = make_dispatcher(dispatch_concurrency=2, dispatch_batch_size=3)
+    done: list[Any] = []
+    worker = threading.Thread(target=lambda: done.append(dispatcher.run_once(now=now)))
+    worker.start()
+    try:
+        assert calls.acquire(timeout=5) and calls.acquire(timeout=5)
+        time.sleep(0.1)
+        assert claimed_by_d1(runtime) == 3  # the batch's third attempt has not started
+        first_two.set()
+        assert calls.acquire(timeout=5)  # the third has: the next batch is claimed
+        assert wait_for(lambda: claimed_by_d1(runtime) == 1 + 3)
+        time.sleep(0.1)
+        assert claimed_by_d1(runtime) == 1 + 3  # not a third batch
+    finally:
+        first_two.set()
+        the_rest.set()
+        worker.join(10)
+    assert done == [{"sent": 7}]
+    assert sorted(m.reminder_id for m in senders["sms"].attempts) == rids
+    assert all(row(runtime, rid).status == "sent" for rid in rids)
+
+
+def test_closing_while_the_next_batch_waits_gives_its_claims_back(
+    runtime, make_dispatcher, senders, now
+):
+    """The batch prepared ahead never reached a worker: at close() its reminders go back to
+    pending with no attempt, like the rest of the batch not started."""
+    sending = [due(runtime, now) for _ in range(2)]
+    ahead = [due(runtime, now) for _ in range(2)]
+    release = threading.Event()
+    calls = threading.Semaphore(0)
+
+    def stuck(_message: OutboundMessage) -> None:
+        calls.release()
+        release.wait(10)
+
+    senders["sms"].script = stuck
+    dispatcher = make_dispatcher(dispatch_concurrency=2, dispatch_batch_size=2)
+    worker = threading.Thread(target=dispatcher.run_once, kwargs={"now": now})
+    worker.start()
+    try:
+        assert calls.acquire(timeout=5) and calls.acquire(timeout=5)
+        assert wait_for(lambda: claimed_by_d1(runtime) == 4)
+        dispatcher.close(timeout=0.2)
+        assert [row(runtime, rid).status for rid in sending] == ["in_doubt", "in_doubt"]
+        for rid in ahead:
+            assert (row(runtime, rid).status, row(runtime, rid).claimed_by) == ("pending", None)
+            assert deliveries(runtime, rid) == []
+    finally:
+        release.set()
+        worker.join(10)
+    assert not worker.is_alive()
+    assert sorted(m.reminder_id for m in senders["sms"].attempts) == sending
+
+
 def test_a_batch_costs_a_few_statements_per_reminder_not_a_transaction_each(
     runtime, make_dispatcher, now
 ):

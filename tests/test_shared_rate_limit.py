@@ -73,7 +73,7 @@ def test_a_fast_sender_reserves_slots_in_blocks_not_a_statement_per_message(runt
         assert limiter.block == 10  # a tenth of a second's worth
         for _ in range(100):
             limiter.acquire()
-        assert SharedRateLimiter(runtime.sessions, "sms", 1_000_000.0).block == 16
+        assert SharedRateLimiter(runtime.sessions, "sms", 1_000_000.0).block == 64
     finally:
         event.remove(runtime.engine, "before_cursor_execute", count)
     assert 10 <= len(updates) <= 12  # 100 slots in blocks of 10
@@ -99,6 +99,29 @@ def test_slots_left_unused_until_they_passed_are_not_spent_in_a_burst(runtime) -
     for _ in range(9):
         limiter.acquire()
     assert time.monotonic() - started >= 8 / 100.0 - JITTER
+
+
+def test_a_short_blocks_slots_are_used_however_late_not_reserved_again(runtime) -> None:
+    """A fast rate's block spans less than a slot's tolerated lateness: spending it late is no
+    bigger a burst, and a sender slower than its rate does not reserve anew every time."""
+    updates: list[str] = []
+
+    def count(_conn, _cursor, statement: str, *_args: object) -> None:
+        if statement.lstrip().upper().startswith("UPDATE SEND_SLOTS"):
+            updates.append(statement)
+
+    limiter = SharedRateLimiter(runtime.sessions, "sms", 1_000_000.0)  # 64 slots in 64 us
+    limiter.acquire()
+    time.sleep(2 * SharedRateLimiter.STALE_SECONDS)  # every other slot of the block has passed
+    event.listen(runtime.engine, "before_cursor_execute", count)
+    try:
+        for _ in range(limiter.block - 1):
+            limiter.acquire()
+        assert updates == []
+        limiter.acquire()  # the block is spent: a new one
+    finally:
+        event.remove(runtime.engine, "before_cursor_execute", count)
+    assert len(updates) == 1
 
 
 def test_without_the_database_a_replica_spaces_its_own_sends(runtime) -> None:

@@ -10,7 +10,10 @@ One fake Twilio process on 127.0.0.1 serves the whole benchmark. Measured side b
 - the bare SDK in two processes at once: what this machine allows two senders, whatever they
   are (the fake and PostgreSQL share its cores), printed beside the dispatchers' scaling.
 Rates are messages over the wall-clock time from the common start to the last finish. The
-fake's count proves every reminder went out exactly once.
+fake's count proves every reminder went out exactly once. This machine's speed wanders by a
+third from one run to the next (a virtual machine's neighbours), so the phases run
+interleaved in ``ROUNDS`` rounds and each figure takes every phase's best round (all rounds
+are printed).
 """
 
 from __future__ import annotations
@@ -30,35 +33,46 @@ TARGET_SCALING = 1.6  # two dispatchers: at least 1.6 times one
 THREADS = 4  # REMINDERS_DISPATCH_CONCURRENCY's default
 AHEAD = 3  # REMINDERS_DISPATCH_AHEAD for the information line (0 is the default)
 TIME_LIMIT = 120.0  # seconds per measurement, so a slow engine cannot stall the run
+ROUNDS = 3  # of every phase, interleaved; the best of each counts
 
 
 def run(ctx: Context, backend: str) -> None:
     n = ctx.sizes.dispatch_messages
+    names = (
+        "bare SDK",
+        "bare SDK, two processes",
+        "one dispatcher",
+        "two dispatchers",
+        f"one dispatcher, {AHEAD} ahead per worker",
+    )
+    rounds: list[list[Phase]] = [[] for _ in names]
+    twice_each: list[int] = []
     with Child("tests.perf.fake_provider", {}, ctx.scratch, "fake-twilio") as fake_process:
         fake = fake_process.read()
-        bare = _measure(lambda: run_together([_bare(fake, n)], ctx.scratch, "bare"))
-        bare_two = _measure(lambda: run_together([_bare(fake, n)] * 2, ctx.scratch, "bare-2"))
-        one = _measure(lambda: _drain(ctx, backend, fake, 1, n))
-        before = _accepted(fake_process)
-        two = _measure(lambda: _drain(ctx, backend, fake, 2, 2 * n))
-        twice = _accepted(fake_process) - before
-        ahead = _measure(lambda: _drain(ctx, backend, fake, 1, n, ahead=AHEAD))
-    phases = (
-        ("bare SDK", bare),
-        ("bare SDK, two processes", bare_two),
-        ("one dispatcher", one),
-        ("two dispatchers", two),
-        (f"one dispatcher, {AHEAD} ahead per worker", ahead),
-    )
-    for name, phase in phases:
+        for _ in range(ROUNDS):
+            rounds[0].append(_measure(lambda: run_together([_bare(fake, n)], ctx.scratch, "bare")))
+            rounds[1].append(
+                _measure(lambda: run_together([_bare(fake, n)] * 2, ctx.scratch, "bare-2"))
+            )
+            rounds[2].append(_measure(lambda: _drain(ctx, backend, fake, 1, n)))
+            before = _accepted(fake_process)
+            rounds[3].append(_measure(lambda: _drain(ctx, backend, fake, 2, 2 * n)))
+            twice_each.append(_accepted(fake_process) - before)
+            rounds[4].append(_measure(lambda: _drain(ctx, backend, fake, 1, n, ahead=AHEAD)))
+    phases = [
+        (name, max(runs, key=lambda p: p.rate)) for name, runs in zip(names, rounds, strict=True)
+    ]
+    for (name, phase), runs in zip(phases, rounds, strict=True):
         ctx.report.note(
             f"{name}: {phase.sent:,} in {phase.seconds:.1f} s, {phase.cpu:.0%} of a core in "
-            f"the sending process(es), all CPUs {phase.busy:.0%} busy"
+            f"the sending process(es), all CPUs {phase.busy:.0%} busy (rounds: "
+            + ", ".join(f"{p.rate:,.0f}/s" for p in runs)
+            + ")"
         )
-    ctx.report.note(f"the fake accepted {twice:,} messages from the two dispatchers")
-    bare_rate, bare_two_rate, one_rate, two_rate, ahead_rate = (
-        p.sent / p.seconds for _, p in phases
-    )
+    once = all(t == p.sent for t, p in zip(twice_each, rounds[3], strict=True))
+    twice = sum(twice_each)
+    ctx.report.note(f"the fake accepted {twice:,} messages from the two dispatchers, all rounds")
+    bare_rate, bare_two_rate, one_rate, two_rate, ahead_rate = (p.rate for _, p in phases)
     share, scaling = one_rate / bare_rate, two_rate / one_rate
     ctx.report.figure(
         4,
@@ -71,10 +85,11 @@ def run(ctx: Context, backend: str) -> None:
     ctx.report.figure(
         4,
         "dispatch, 2 processes against 1",
-        f"{two_rate:,.0f}/s against {one_rate:,.0f}/s: x{scaling:.2f} ({twice:,} sent once each;"
+        f"{two_rate:,.0f}/s against {one_rate:,.0f}/s: x{scaling:.2f} ({twice:,} sent"
+        f"{' once each' if once else ', NOT once each'};"
         f" the bare SDK x{bare_two_rate / bare_rate:.2f} here)",
         f">= x{TARGET_SCALING}",
-        scaling >= TARGET_SCALING and twice == two.sent,
+        scaling >= TARGET_SCALING and once,
         backend,
     )
     ctx.report.figure(
@@ -97,6 +112,10 @@ class Phase:
     seconds: float  # from the common start to the last finish
     cpu: float  # CPU seconds of the worker processes per second of the phase
     busy: float  # how busy the machine's CPUs were, 0..1
+
+    @property
+    def rate(self) -> float:
+        return self.sent / self.seconds
 
 
 def _measure(work: Callable[[], list[dict[str, Any]]]) -> Phase:
