@@ -265,17 +265,15 @@ class Dispatcher:
             for _ in range(len(Channel) + 1):
                 if not todo:
                     break
+                ready = None
                 if first is not None:  # prepared while the previous batch was sent
                     ready, first = first.take(results), None
-                    if self.stopping.is_set():
-                        results.update(self._give_back([r.claimed.id for r in ready], now))
-                        todo = []
-                        break
-                elif self.stopping.is_set():
+                    todo = [r.claimed.id for r in ready]
+                if self.stopping.is_set():
                     results.update(self._give_back(todo, now))
                     todo = []
                     break
-                else:
+                if ready is None:
                     ready = self._prepare(todo, now, since, results)
                 todo = self._send_all(ready, now, results, drained)
                 drained = None

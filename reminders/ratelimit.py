@@ -114,7 +114,7 @@ class SharedRateLimiter:
     one statement per block, not per message. A reserved slot still unused well after it has
     passed (``STALE_SECONDS``) is dropped when its block spans longer than that: spending the
     block's late slots at once would be a bigger burst than a slot's tolerated lateness
-    allows. A shorter block (a fast rate: 16 slots of 1/1000 s) is used up however late: all
+    allows. A shorter block (a fast rate: 64 slots of 1/10,000 s) is used up however late: all
     of it at once is no bigger a burst than that tolerance, and a sender slower than its rate
     would otherwise see its slots go stale and reserve anew every ``STALE_SECONDS``, its
     workers queued behind each reservation. Slots are wall-clock (Unix) times: replicas' clocks

@@ -177,6 +177,22 @@ def test_attempts_waiting_for_a_worker_when_their_channel_pauses_try_the_next_ch
         assert row(runtime, rid).status == "sent"
 
 
+class Stuck:
+    """A sender script that holds every call until ``release`` is set."""
+
+    def __init__(self) -> None:
+        self.release = threading.Event()
+        self._calls = threading.Semaphore(0)
+
+    def __call__(self, _message: OutboundMessage) -> None:
+        self._calls.release()
+        self.release.wait(10)
+
+    def entered(self, calls: int) -> bool:
+        """Whether ``calls`` more calls have begun (waiting up to 5 s for each)."""
+        return all(self._calls.acquire(timeout=5) for _ in range(calls))
+
+
 def test_closing_while_every_worker_is_stuck_gives_back_the_attempts_written_ahead(
     runtime, make_dispatcher, senders, now
 ):
@@ -184,18 +200,12 @@ def test_closing_while_every_worker_is_stuck_gives_back_the_attempts_written_ahe
     they go back to pending at once (delivery ``failed``, ``shutdown``), not to the in-doubt
     rule; only the call in flight is left in doubt."""
     first, *waiting = [due(runtime, now) for _ in range(4)]
-    entered, release = threading.Event(), threading.Event()
-
-    def stuck(_message: OutboundMessage) -> None:
-        entered.set()
-        release.wait(10)
-
-    senders["sms"].script = stuck
+    senders["sms"].script = stuck = Stuck()
     dispatcher = make_dispatcher(dispatch_concurrency=1, dispatch_ahead=3)
     worker = threading.Thread(target=dispatcher.run_once, kwargs={"now": now})
     worker.start()
     try:
-        assert entered.wait(5)
+        assert stuck.entered(1)
         dispatcher.close(timeout=0.2)
         assert (row(runtime, first).status, row(runtime, first).claimed_by) == ("in_doubt", None)
         assert deliveries(runtime, first) == [("sms", "in_doubt", False, None)]
@@ -203,7 +213,7 @@ def test_closing_while_every_worker_is_stuck_gives_back_the_attempts_written_ahe
             assert (row(runtime, rid).status, row(runtime, rid).claimed_by) == ("pending", None)
             assert deliveries(runtime, rid) == [("sms", "failed", False, "shutdown")]
     finally:
-        release.set()
+        stuck.release.set()
         worker.join(5)
     assert [m.reminder_id for m in senders["sms"].attempts] == [first]
 
@@ -266,19 +276,12 @@ def test_closing_while_the_next_batch_waits_gives_its_claims_back(
     pending with no attempt, like the rest of the batch not started."""
     sending = [due(runtime, now) for _ in range(2)]
     ahead = [due(runtime, now) for _ in range(2)]
-    release = threading.Event()
-    calls = threading.Semaphore(0)
-
-    def stuck(_message: OutboundMessage) -> None:
-        calls.release()
-        release.wait(10)
-
-    senders["sms"].script = stuck
+    senders["sms"].script = stuck = Stuck()
     dispatcher = make_dispatcher(dispatch_concurrency=2, dispatch_batch_size=2)
     worker = threading.Thread(target=dispatcher.run_once, kwargs={"now": now})
     worker.start()
     try:
-        assert calls.acquire(timeout=5) and calls.acquire(timeout=5)
+        assert stuck.entered(2)
         assert wait_for(lambda: claimed_by_d1(runtime) == 4)
         dispatcher.close(timeout=0.2)
         assert [row(runtime, rid).status for rid in sending] == ["in_doubt", "in_doubt"]
@@ -286,7 +289,7 @@ def test_closing_while_the_next_batch_waits_gives_its_claims_back(
             assert (row(runtime, rid).status, row(runtime, rid).claimed_by) == ("pending", None)
             assert deliveries(runtime, rid) == []
     finally:
-        release.set()
+        stuck.release.set()
         worker.join(10)
     assert not worker.is_alive()
     assert sorted(m.reminder_id for m in senders["sms"].attempts) == sending
@@ -316,7 +319,8 @@ def test_a_batch_costs_a_few_statements_per_reminder_not_a_transaction_each(
     # One reminder at a time took 11 statements and 2 commits each (440 and 80 here). Now: the
     # claim and the preparation (a handful, once), one delivery insert per send, and per group of
     # outcomes committed together BEGIN, a check, two updates and the events (6 statements); plus
-    # a slot reservation per block of up to 16 sends. How many outcomes end together depends on
+    # slot reservations (blocks of up to 64 slots, reserved again once their slots go stale;
+    # the bound allows one per 16 sends). How many outcomes end together depends on
     # thread timing, so the bounds are the worst case: every outcome committed alone (measured
     # 186-221 statements and 33-40 commits over runs on SQLite).
     blocks = -(-40 // 16)
