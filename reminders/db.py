@@ -14,14 +14,25 @@ import threading
 import time
 import urllib.parse
 import weakref
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Collection, Iterator
 from contextlib import contextmanager
 from typing import Any, ClassVar
 
-from sqlalchemy import DateTime, Engine, create_engine, event
+from sqlalchemy import (
+    ARRAY,
+    ColumnElement,
+    Connection,
+    DateTime,
+    Engine,
+    Integer,
+    any_,
+    bindparam,
+    create_engine,
+    event,
+)
 from sqlalchemy.engine import Dialect, make_url
 from sqlalchemy.exc import DBAPIError
-from sqlalchemy.orm import DeclarativeBase, Session, sessionmaker
+from sqlalchemy.orm import DeclarativeBase, InstrumentedAttribute, Session, sessionmaker
 from sqlalchemy.types import TypeDecorator
 
 UTC = dt.UTC
@@ -84,6 +95,21 @@ def is_conflict(exc: BaseException) -> bool:
     serialization failure): safe and right to run again at once."""
     origin = exc.orig if isinstance(exc, DBAPIError) else exc
     return getattr(origin, "sqlstate", None) in CONFLICT_SQLSTATES
+
+
+def among(
+    bind: Session | Connection,
+    column: ColumnElement[int] | InstrumentedAttribute[int],
+    ids: Collection[int],
+) -> ColumnElement[bool]:
+    """``column IN ids``; on PostgreSQL ``column = ANY(:ids)``, one array parameter: the
+    statement's text does not change with the number of ids, so the driver keeps its parsing
+    and the server can prepare it (an ``IN`` of 100 parameters is parsed anew every time)."""
+    values = sorted(ids)
+    dialect = bind.dialect if isinstance(bind, Connection) else bind.get_bind().dialect
+    if dialect.name == "postgresql":
+        return column == any_(bindparam(None, values, type_=ARRAY(Integer)))
+    return column.in_(values)
 
 
 def utcnow() -> dt.datetime:

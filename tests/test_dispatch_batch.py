@@ -15,14 +15,15 @@ import datetime as dt
 import threading
 import time
 from collections.abc import Callable, Iterator
-from typing import Any
+from typing import Any, ClassVar
 
 import pytest
 from sqlalchemy import event, func, select, text, update
 from structlog.testing import capture_logs
 
-from reminders import db
-from reminders.channels import ChannelError, ErrorKind, OutboundMessage
+from reminders import db, queries
+from reminders import deliveries as store
+from reminders.channels import ChannelError, ErrorKind, OutboundMessage, Receipt
 from reminders.channels.recording import RecordingSender
 from reminders.dispatch import Dispatcher
 from reminders.models import Delivery, Patient, Reminder, Treatment
@@ -447,6 +448,36 @@ def test_a_step_run_again_after_a_conflict_counts_its_metrics_and_log_lines_once
     assert (row(runtime, rid).status, row(runtime, rid).attempts) == ("pending", 1)
 
 
+def test_preparing_a_batch_reads_with_one_statement_text_whatever_its_size(runtime, now) -> None:
+    """A batch's reads take its ids as one array on PostgreSQL (``= ANY``): the same text for
+    3 ids as for 300, which the driver parses once and the server can prepare; SQLite gets
+    them as an ``IN`` list. Either way, the same rows."""
+    rids = [due(runtime, now) for _ in range(5)]
+    with runtime.sessions() as session, session.begin():
+        queries.claim_due(session, "d1", now=now, limit=5, lease=LEASE)
+    texts: list[str] = []
+
+    def statement(_conn: Any, _cursor: Any, sql: str, *_: Any) -> None:
+        texts.append(sql)
+
+    event.listen(runtime.engine, "before_cursor_execute", statement)
+    try:
+        found = []
+        for ids in (rids[:1], rids[1:4], [*rids, *range(10**6, 10**6 + 300)], []):
+            with runtime.sessions() as session:
+                found.append([c.id for c in store.load_claimed(session, ids, "d1")])
+                treatments = [c.treatment_id for c in store.load_claimed(session, ids, "d1")]
+                assert set(store.load_treatments(session, treatments)) == set(treatments)
+    finally:
+        event.remove(runtime.engine, "before_cursor_execute", statement)
+    assert found == [rids[:1], rids[1:4], rids, []]
+    if runtime.engine.dialect.name == "postgresql":
+        claimed = {t for t in texts if "FROM reminders" in t}
+        assert len(claimed) == 1 and "= ANY (" in claimed.pop()
+    else:
+        assert any("IN (" in t for t in texts)
+
+
 def test_effects_after_commit_run_once_on_commit_and_never_after_a_rollback(runtime) -> None:
     ran: list[str] = []
     with runtime.sessions() as session:
@@ -465,7 +496,8 @@ def test_effects_after_commit_run_once_on_commit_and_never_after_a_rollback(runt
 SCENARIOS: dict[str, ChannelError | None] = {
     "0": None,  # accepted
     "1": ChannelError(ErrorKind.TRANSIENT, "try later", code="20429"),  # retried later
-    "2": ChannelError(ErrorKind.PERMANENT, "unknown number", code="21211"),  # email instead
+    # email instead; what a provider says is kept as it is, quotes and all
+    "2": ChannelError(ErrorKind.PERMANENT, 'unknown "number" \\ ü\nsee ½', code="21211"),
     "3": ChannelError(ErrorKind.IN_DOUBT, "no answer", code="timeout"),  # left in doubt
     "4": ChannelError(ErrorKind.OPTED_OUT, "replied STOP", code="21610"),  # opt-out, email
     "5": ChannelError(ErrorKind.TRANSIENT, "busy"),  # no code: the kind is recorded
@@ -517,7 +549,7 @@ def test_on_postgresql_the_one_statement_step_writes_what_the_four_statements_wr
     four. The same batch (every kind of outcome) through both must leave the same columns."""
     if runtime.engine.dialect.name != "postgresql":
         pytest.skip("the one-statement step: PostgreSQL")
-    senders["sms"].script = lambda m: SCENARIOS[m.to[-1]]
+    runtime.senders["sms"] = DetailedSender("sms", lambda m: SCENARIOS[m.to[-1]])
     runs = []
     for group, one_statement in (("1", True), ("2", False)):
         rids = [
@@ -533,6 +565,23 @@ def test_on_postgresql_the_one_statement_step_writes_what_the_four_statements_wr
     assert runs[0] == runs[1]
     assert [len(r["deliveries"]) for r in runs[0]] == [1, 1, 2, 1, 2, 1]
     assert runs[0][5]["deliveries"][0]["error_code"] == "transient"
+    failed, accepted = runs[0][2]["deliveries"][0], runs[0][0]["deliveries"][0]
+    assert failed["error_message"] == 'unknown "number" \\ ü\nsee ½'
+    assert accepted["details"] == DetailedSender.DETAILS
+
+
+class DetailedSender(RecordingSender):
+    """Receipts with details, as the real channels give (segments, encodings, ...)."""
+
+    DETAILS: ClassVar[dict[str, Any]] = {
+        "segments": 2,
+        "encoding": "UCS-2",
+        "note": 'ş "quoted" \\',
+        "none": None,
+    }
+
+    def send(self, message: OutboundMessage) -> Receipt:
+        return dataclasses.replace(super().send(message), details=dict(self.DETAILS))
 
 
 @pytest.mark.parametrize("one_statement", [True, False], ids=["one-statement", "statements"])

@@ -26,6 +26,7 @@ class SegmentCount:
     units: int  # septets (GSM-7) or UTF-16 code units (UCS-2)
 
 
+@lru_cache(maxsize=64)  # a message's body is counted for its rate limit, then by its sender
 def count(body: str) -> SegmentCount:
     """The encoding and the number of segments of ``body``."""
     septets = _gsm7_widths(body)
