@@ -68,9 +68,15 @@ class Redactor:
     def scrub(self, text: str) -> str:
         for secret in self._secrets:
             text = text.replace(secret, "***")
-        text = _SQL_PARAMETERS.sub("[parameters: hidden]", text)
-        text = _EMAIL.sub(lambda m: mask_email(m.group()), text)
-        return _PHONE.sub(lambda m: mask_phone(m.group()), text)
+        # Each pattern needs one literal to match, looked for first: every value of every line
+        # comes through here, and most hold none of them.
+        if "[parameters: " in text:
+            text = _SQL_PARAMETERS.sub("[parameters: hidden]", text)
+        if "@" in text:
+            text = _EMAIL.sub(lambda m: mask_email(m.group()), text)
+        if "+" in text:
+            text = _PHONE.sub(lambda m: mask_phone(m.group()), text)
+        return text
 
     def __call__(
         self, _logger: Any, _method: str, event: MutableMapping[str, Any]
@@ -129,6 +135,13 @@ def configure(level: str = "INFO", fmt: str = "json", secrets: Iterable[str] = (
             renderer,
         ],
     )
+    # A line holds what structlog puts in it, so the standard library need not look up the
+    # caller's frame, thread and process for every record (the logging HOWTO's "Optimization").
+    # With the redactor's literal checks: 63 -> 31 us a line (``reminder_sent``, JSON).
+    logging._srcfile = None
+    logging.logThreads = False
+    logging.logProcesses = False
+    logging.logMultiprocessing = False
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(formatter)
     root = logging.getLogger()
