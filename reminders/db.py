@@ -102,14 +102,26 @@ def among(
     column: ColumnElement[int] | InstrumentedAttribute[int],
     ids: Collection[int],
 ) -> ColumnElement[bool]:
+    """``column IN ids``, in the form :func:`ids_filter` gives ``bind``'s database."""
+    dialect = bind.dialect if isinstance(bind, Connection) else bind.get_bind().dialect
+    return ids_filter(column, dialect.name == "postgresql", ids=ids)
+
+
+def ids_filter(
+    column: ColumnElement[int] | InstrumentedAttribute[int],
+    postgresql: bool,
+    *,
+    name: str | None = None,
+    ids: Collection[int] = (),
+) -> ColumnElement[bool]:
     """``column IN ids``; on PostgreSQL ``column = ANY(:ids)``, one array parameter: the
     statement's text does not change with the number of ids, so the driver keeps its parsing
-    and the server can prepare it (an ``IN`` of 100 parameters is parsed anew every time)."""
-    values = sorted(ids)
-    dialect = bind.dialect if isinstance(bind, Connection) else bind.get_bind().dialect
-    if dialect.name == "postgresql":
-        return column == any_(bindparam(None, values, type_=ARRAY(Integer)))
-    return column.in_(values)
+    and the server can prepare it (an ``IN`` of 100 parameters is parsed anew every time).
+    ``name``: a parameter given at execution (a statement built once), else ``ids``, bound."""
+    value = sorted(ids)
+    if postgresql:
+        return column == any_(bindparam(name, value, type_=ARRAY(Integer)))
+    return column.in_(bindparam(name, value, expanding=True))
 
 
 def utcnow() -> dt.datetime:

@@ -18,7 +18,6 @@ from collections.abc import Collection, Iterable, Mapping, Sequence
 from typing import Any, NamedTuple, cast
 
 from sqlalchemy import (
-    ARRAY,
     JSON,
     Boolean,
     Connection,
@@ -27,7 +26,6 @@ from sqlalchemy import (
     String,
     Table,
     and_,
-    any_,
     bindparam,
     column,
     func,
@@ -40,7 +38,7 @@ from sqlalchemy import (
 from sqlalchemy.orm import Session, aliased
 from sqlalchemy.sql.elements import BindParameter
 
-from reminders.db import among
+from reminders.db import among, ids_filter
 from reminders.models import (
     Delivery,
     DeliveryEvent,
@@ -107,7 +105,7 @@ def superseded(session: Session, treatment_ids: Collection[int]) -> set[int]:
 _SUPERSEDED: dict[str, Select[int]] = {}
 
 
-def _superseded(array: bool) -> Select[int]:
+def _superseded(postgresql: bool) -> Select[int]:
     t, n = aliased(Treatment), aliased(Treatment)
     later = or_(
         n.administered_on > t.administered_on,
@@ -119,12 +117,7 @@ def _superseded(array: bool) -> Select[int]:
         n.deleted_at.is_(None),
         later,
     )
-    ids = (
-        t.id == any_(bindparam("t_ids", type_=ARRAY(Integer)))
-        if array
-        else t.id.in_(bindparam("t_ids", expanding=True))
-    )
-    return select(t.id).where(ids, newer.exists())
+    return select(t.id).where(ids_filter(t.id, postgresql, name="t_ids"), newer.exists())
 
 
 def failed_channels(session: Session, reminder_ids: Collection[int]) -> dict[int, set[str]]:
