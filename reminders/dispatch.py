@@ -160,6 +160,9 @@ class Dispatcher:
         # What a crash can leave in doubt; ``max_sending`` is for tests and measurements.
         self._max_sending = max_sending or threads * (1 + s.dispatch_ahead)
         self._pool = WorkerPool(threads, "dispatch")
+        metrics = runtime.metrics
+        self._call_seconds = {c: metrics.provider_call.labels(c) for c in runtime.senders}
+        self._step_seconds = metrics.dispatch_step
         self._preparer = WorkerPool(1, "prepare")  # the next batch, while one is sent
         # A step's claim check and writes: one statement on PostgreSQL, five elsewhere.
         self._one_statement = runtime.engine.dialect.name == "postgresql"
@@ -398,6 +401,7 @@ class Dispatcher:
                 return [], []
             # Accepted sends and new attempts only: one statement writes all of it.
             alone = auto is not None and not back and all(d.receipt is not None for d in done)
+            began = time.monotonic()
             for tries in range(1, CONFLICT_TRIES + 1):
                 try:
                     if alone:
@@ -421,6 +425,7 @@ class Dispatcher:
                     for d in done:
                         d.outcome = "error"
                     raise
+        self._step_seconds.observe(time.monotonic() - began)
         results.update(dict.fromkeys(back, "released"))
         return attempts, done
 
@@ -568,14 +573,18 @@ class Dispatcher:
             log.info("send_too_late", reminder_id=message.reminder_id, channel=message.channel)
             return Done(attempt, error=late)
         message = dataclasses.replace(message, valid_for=left)
+        began = time.monotonic()
         try:
             receipt = attempt.sender.send(message)
         except ChannelError as exc:
+            self._call_seconds[message.channel].observe(time.monotonic() - began)
             self.outcomes.refused(attempt, exc)
             return Done(attempt, error=exc)
         except Exception:
+            self._call_seconds[message.channel].observe(time.monotonic() - began)
             log.exception("dispatch_error", reminder_id=attempt.message.reminder_id)
             return Done(attempt, crashed=True, outcome="error")  # the lease runs out
+        self._call_seconds[message.channel].observe(time.monotonic() - began)
         return Done(attempt, receipt=receipt)
 
 

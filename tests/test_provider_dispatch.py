@@ -256,6 +256,29 @@ def test_it_falls_back_to_email_when_the_number_is_refused(live, twilio, sendgri
     assert len(sendgrid.mails) == 1
 
 
+def test_each_provider_call_and_each_step_before_it_is_timed(live, twilio, sendgrid) -> None:
+    """Ops can tell what holds the rate back: every provider call (a refused one too) and every
+    dispatch step (the commit a call waits for) lands in a histogram."""
+    pid = due_patient(live, channels="sms|email")
+    with live.sessions() as s:
+        twilio.fail_to(s.get_one(Patient, pid).phone or "", code=21211)
+    twilio.set_handler(lambda _: time.sleep(0.05))  # then answers as usual: a refusal
+
+    def sample(name: str, **labels: str) -> float:
+        return live.metrics.registry.get_sample_value(name, labels) or 0.0
+
+    dispatch(live)
+    assert [d.channel for d in due_reminder(live, pid)[1]] == ["sms", "email"]
+    calls = "reminders_provider_call_seconds"
+    assert sample(f"{calls}_count", channel="sms") == 1
+    assert sample(f"{calls}_sum", channel="sms") >= 0.05
+    assert sample(f"{calls}_bucket", channel="sms", le="0.025") == 0
+    assert sample(f"{calls}_count", channel="email") == 1
+    # a step started each call and a step recorded each outcome (one round per channel)
+    assert sample("reminders_dispatch_step_seconds_count") == 4
+    assert 0 < sample("reminders_dispatch_step_seconds_sum") < 5
+
+
 def test_a_number_not_on_whatsapp_falls_back_to_sms(live, twilio) -> None:
     approve_whatsapp_template(live)
     pid = due_patient(live, channels="whatsapp|sms", whatsapp="+905321230003")

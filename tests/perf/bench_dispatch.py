@@ -8,7 +8,14 @@ One fake Twilio process on 127.0.0.1 serves the whole benchmark. Measured side b
 - for information, one dispatcher with ``REMINDERS_DISPATCH_AHEAD`` (attempts written ahead,
   waiting for a worker: not the default, since a crash would leave more in doubt);
 - the bare SDK in two processes at once: what this machine allows two senders, whatever they
-  are (the fake and PostgreSQL share its cores), printed beside the dispatchers' scaling.
+  are (the fake and PostgreSQL share its cores), printed beside the dispatchers' scaling;
+- for information, the bare SDK and one dispatcher against a second fake that holds every
+  request ``SLOW_SECONDS`` before answering, as a provider across a network does (one round,
+  fewer messages).
+A dispatcher commits each attempt's delivery row before its call (what a crash can leave in
+doubt is bounded by the calls in flight), so each message waits for a step and then for its
+call: the dispatchers' lines print the mean of each, from its own histograms
+(``reminders_dispatch_step_seconds``, ``reminders_provider_call_seconds``).
 Rates are messages over the wall-clock time from the common start to the last finish. The
 fake's count proves every reminder went out exactly once. This machine's speed wanders by a
 third from one run to the next (a virtual machine's neighbours), so the phases run
@@ -34,6 +41,7 @@ THREADS = 4  # REMINDERS_DISPATCH_CONCURRENCY's default
 AHEAD = 3  # REMINDERS_DISPATCH_AHEAD for the information line (0 is the default)
 TIME_LIMIT = 120.0  # seconds per measurement, so a slow engine cannot stall the run
 ROUNDS = 3  # of every phase, interleaved; the best of each counts
+SLOW_SECONDS = 0.05  # the slow fake's hold on every request
 
 
 def run(ctx: Context, backend: str) -> None:
@@ -68,11 +76,20 @@ def run(ctx: Context, backend: str) -> None:
             f"the sending process(es), all CPUs {phase.busy:.0%} busy (rounds: "
             + ", ".join(f"{p.rate:,.0f}/s" for p in runs)
             + ")"
+            + phase.waits()
         )
     once = all(t == p.sent for t, p in zip(twice_each, rounds[3], strict=True))
     twice = sum(twice_each)
     ctx.report.note(f"the fake accepted {twice:,} messages from the two dispatchers, all rounds")
     bare_rate, bare_two_rate, one_rate, two_rate, ahead_rate = (p.rate for _, p in phases)
+    one = phases[2][1]
+    if one.steps:  # every worker waits for a step, then for its call
+        ceiling = THREADS / (one.call + one.step)
+        ctx.report.note(
+            f"one dispatcher: {THREADS} workers that each wait for a step and then a call can "
+            f"send at most {ceiling:,.0f}/s here ({ceiling / bare_rate:.0%} of the bare SDK); "
+            "the rest is the wait between a call's end and its step, and the interpreter lock"
+        )
     share, scaling = one_rate / bare_rate, two_rate / one_rate
     ctx.report.figure(
         4,
@@ -100,6 +117,31 @@ def run(ctx: Context, backend: str) -> None:
         None,
         backend,
     )
+    slow_bare, slow_one = _slow_provider(ctx, backend, max(n // 5, 8))
+    for name, phase in (("bare SDK", slow_bare), ("one dispatcher", slow_one)):
+        ctx.report.note(
+            f"{name}, the fake answering after {SLOW_SECONDS * 1000:.0f} ms: {phase.sent:,} in "
+            f"{phase.seconds:.1f} s ({phase.rate:,.0f}/s){phase.waits()}"
+        )
+    ctx.report.figure(
+        4,
+        f"dispatch, 1 process, the fake answering after {SLOW_SECONDS * 1000:.0f} ms",
+        f"{slow_one.rate:,.0f}/s against {slow_bare.rate:,.0f}/s bare: "
+        f"{slow_one.rate / slow_bare.rate:.0%}",
+        "(information)",
+        None,
+        backend,
+    )
+
+
+def _slow_provider(ctx: Context, backend: str, count: int) -> tuple[Phase, Phase]:
+    """The bare SDK and one dispatcher against a fake that holds every request a while."""
+    args = {"latency": SLOW_SECONDS}
+    with Child("tests.perf.fake_provider", args, ctx.scratch, "fake-twilio-slow") as process:
+        fake = process.read()
+        bare = _measure(lambda: run_together([_bare(fake, count)], ctx.scratch, "bare-slow"))
+        one = _measure(lambda: _drain(ctx, backend, fake, 1, count))
+    return bare, one
 
 
 def _bare(fake: dict[str, Any], count: int) -> dict[str, Any]:
@@ -112,10 +154,22 @@ class Phase:
     seconds: float  # from the common start to the last finish
     cpu: float  # CPU seconds of the worker processes per second of the phase
     busy: float  # how busy the machine's CPUs were, 0..1
+    call: float = 0.0  # a dispatcher's mean provider call, seconds
+    step: float = 0.0  # a dispatcher's mean step (the commit before calls), seconds
+    steps: float = 0.0  # how many steps
 
     @property
     def rate(self) -> float:
         return self.sent / self.seconds
+
+    def waits(self) -> str:
+        """What a dispatcher's messages waited for (nothing for the bare SDK)."""
+        if not self.steps:
+            return ""
+        return (
+            f"; a call took {self.call * 1000:.1f} ms on average, a step (the commit before "
+            f"calls) {self.step * 1000:.1f} ms, {self.sent / self.steps:.1f} messages a step"
+        )
 
 
 def _measure(work: Callable[[], list[dict[str, Any]]]) -> Phase:
@@ -125,7 +179,10 @@ def _measure(work: Callable[[], list[dict[str, Any]]]) -> Phase:
     sent = sum(r["outcomes"].get("sent", 0) + r["outcomes"].get("queued", 0) for r in results)
     seconds = max(r["finished"] for r in results) - min(r["started"] for r in results)
     cpu = sum(r["cpu_seconds"] for r in results) / seconds
-    return Phase(sent, seconds, cpu, meter.busy())
+    calls, steps = sum(r.get("calls", 0) for r in results), sum(r.get("steps", 0) for r in results)
+    call = sum(r.get("calls", 0) * r.get("call_seconds", 0) for r in results) / max(calls, 1)
+    step = sum(r.get("steps", 0) * r.get("step_seconds", 0) for r in results) / max(steps, 1)
+    return Phase(sent, seconds, cpu, meter.busy(), call, step, steps)
 
 
 def _drain(
