@@ -151,17 +151,30 @@ class Contact:
 
     @property
     def channel_order(self) -> list[Channel]:
-        return [Channel(c) for c in self.channels.split("|") if c]
+        return list(_channel_order(self.channels))
 
     def address(self, channel: Channel) -> str | None:
-        return {
-            Channel.EMAIL: self.email,
-            Channel.SMS: self.phone,
-            Channel.WHATSAPP: self.whatsapp or self.phone,
-        }[channel]
+        if channel == Channel.EMAIL:
+            return self.email
+        if channel == Channel.SMS:
+            return self.phone
+        if channel == Channel.WHATSAPP:
+            return self.whatsapp or self.phone
+        raise KeyError(channel)
 
     def consent(self, channel: Channel) -> ConsentView | None:
         return self.consents.get(channel)
+
+
+@functools.lru_cache(maxsize=256)
+def _channel_order(channels: str) -> tuple[Channel, ...]:
+    """A patient's ``channels`` column as channels: a few distinct values, remembered (planning
+    asks it of every group)."""
+    return tuple(Channel(c) for c in channels.split("|") if c)
+
+
+# A consent as planning sees it is usable or not: two shared (frozen) values, not an object a row.
+_USABLE, _UNUSABLE = ConsentView(True), ConsentView(False)
 
 
 def contacts_by_id(session: Session, ids: Iterable[int]) -> dict[int, Contact]:
@@ -175,7 +188,7 @@ def contacts_by_id(session: Session, ids: Iterable[int]) -> dict[int, Contact]:
             Consent.patient_id,
             chunk,
         ):
-            usable = ConsentView(bool(granted) and opted_out_at is None)
+            usable = _USABLE if granted and opted_out_at is None else _UNUSABLE
             consents.setdefault(patient_id, {})[channel] = usable
         rows = session.execute(
             select(
@@ -294,15 +307,17 @@ def copy_text(rows: Sequence[dict[str, Any]]) -> str:
     out = []
     for r in rows:
         treatment_id, patient_id = int(r["treatment_id"]), int(r["patient_id"])
-        due, expires = copy_value(r["due_at"]), copy_value(r["expires_at"])
-        protocol, step = _copy_escaped(r["protocol"]), _copy_escaped(r["step"])
+        due, expires = _copy_cached(r["due_at"]), _copy_cached(r["expires_at"])
+        protocol, step = _copy_cached(r["protocol"]), _copy_cached(r["step"])
         out.append(f"{treatment_id}\t{patient_id}\t{protocol}\t{step}\t{due}\t{expires}\n")
     return "".join(out)
 
 
-@functools.lru_cache(maxsize=1024)
-def _copy_escaped(value: str) -> str:
-    """Protocol codes and step names, a few distinct ones: remembered."""
+@functools.lru_cache(maxsize=4096)
+def _copy_cached(value: str | dt.datetime) -> str:
+    """Protocol codes, step names and due and expiry times: a few hundred distinct ones
+    (times fall on a few hours of a few hundred days), remembered. A datetime's text takes
+    1.4 us; two a reminder, 670,000 reminders in an import of a million treatments."""
     return copy_value(value)
 
 

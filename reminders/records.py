@@ -165,7 +165,7 @@ class _Fields:
             return ""
         if len(value) > max_length:
             self.fail(name, f"is longer than {max_length} characters")
-        elif _CONTROL.search(value):
+        elif not value.isprintable() and _CONTROL.search(value):  # printable text has none
             self.fail(name, "contains control characters")
         else:
             return value
@@ -349,16 +349,24 @@ def _administered_on(f: _Fields, today: dt.date) -> dt.date:
     value = f.text("administered_on", required=True, max_length=32)
     if not value:
         return today
-    try:
-        if not _ISO_DATE.fullmatch(value):
-            raise ValueError
-        day = dt.date.fromisoformat(value)
-    except ValueError:
+    day = _read_date(value)
+    if day is None:
         f.fail("administered_on", f"{value!r} is not a date in the form YYYY-MM-DD")
         return today
     if day > today:
         f.fail("administered_on", f"{value} is in the future (today is {today})")
     return day
+
+
+@functools.lru_cache(maxsize=4096)  # a file's treatments fall on a few hundred days
+def _read_date(value: str) -> dt.date | None:
+    """The day of a ``YYYY-MM-DD`` value, or None."""
+    if not _ISO_DATE.fullmatch(value):
+        return None
+    try:
+        return dt.date.fromisoformat(value)
+    except ValueError:
+        return None
 
 
 def _units(f: _Fields) -> Decimal | None:

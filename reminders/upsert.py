@@ -338,31 +338,31 @@ def write_treatments(
     records' COPY text by external id (:func:`copy_parts`), made in advance by another
     thread; the ones missing are made here."""
     stored = _stored_treatments(session, [r.external_id for r in chunk])
-    new: list[tuple[Any, ...]] = []  # in the order of NEW_TREATMENT, less the timestamps
-    new_records: list[TreatmentRecord] = []
+    new: list[TreatmentRecord] = []
     changed: dict[str, dict[str, Any]] = {}
     outcomes = []
     for record in chunk:
+        patient_id = owners[record.patient_external_id]
+        found = stored.get(record.external_id)
+        if found is None:  # new: an import's common case, with the least work
+            new.append(record)
+            to_plan.add((patient_id, record.protocol))
+            outcomes.append(Outcome.CREATED)
+            continue
         values = (
-            owners[record.patient_external_id],
+            patient_id,
             record.protocol,
             record.administered_on,
             record.product,
             record.units,
             record.location,
         )
-        found = stored.get(record.external_id)
-        if found is None:
-            new.append((record.external_id, *values, source, _flagged(record, runtime)))
-            new_records.append(record)
-            to_plan.add((values[0], record.protocol))
-            outcomes.append(Outcome.CREATED)
-        elif found == (values, None):  # the same, and not deleted
+        if found == (values, None):  # the same, and not deleted
             outcomes.append(Outcome.UNCHANGED)
         else:
             changed[record.external_id] = dict(zip(TREATMENT_VALUES, values, strict=True))
             outcomes.append(Outcome.UPDATED)  # or UNCHANGED, settled below
-    _insert_treatments(session, runtime, new, new_records, source, encoded or {})
+    _insert_treatments(session, runtime, new, owners, source, encoded or {})
     if changed:
         rows = session.scalars(
             select(Treatment).where(among(session, Treatment.external_id, list(changed)))
@@ -384,30 +384,54 @@ def write_treatments(
 def _insert_treatments(
     session: Session,
     runtime: Runtime,
-    rows: list[tuple[Any, ...]],
     records: list[TreatmentRecord],
+    owners: Mapping[str, int],
     source: str,
     encoded: Mapping[str, tuple[str, str]],
 ) -> None:
-    """One statement for a chunk's new treatments (``rows``, of ``records``): on PostgreSQL a
-    COPY, which costs the driver a fraction of what a many-row INSERT does; elsewhere an
-    executemany."""
-    if not rows:
+    """One statement for a chunk's new treatments (``records``, their patients' ids in
+    ``owners``): on PostgreSQL a COPY, which costs the driver a fraction of what a many-row
+    INSERT does; elsewhere an executemany."""
+    if not records:
         return
     stamp = utcnow()
     raw = session.connection().connection.driver_connection
     if not isinstance(raw, psycopg.Connection):  # SQLite (or another driver)
-        stamped = [dict(zip(NEW_TREATMENT, (*r, stamp, stamp), strict=True)) for r in rows]
-        session.execute(insert(Treatment), stamped)
+        rows = [_new_row(r, owners, source, runtime, stamp) for r in records]
+        session.execute(insert(Treatment), rows)
         return
     stamps = f"{copy_value(stamp)}\t{copy_value(stamp)}\n"
     text = []
-    for row, record in zip(rows, records, strict=True):
+    for record in records:
         head, tail = encoded.get(record.external_id) or copy_parts(record, source, runtime)
-        text.append(f"{head}\t{row[1]:d}\t{tail}\t{stamps}")
+        text.append(f"{head}\t{owners[record.patient_external_id]:d}\t{tail}\t{stamps}")
     columns = ", ".join(NEW_TREATMENT)
     with raw.cursor() as cursor, cursor.copy(f"COPY treatments ({columns}) FROM STDIN") as copy:
         copy.write("".join(text))
+
+
+def _new_row(
+    record: TreatmentRecord,
+    owners: Mapping[str, int],
+    source: str,
+    runtime: Runtime,
+    stamp: dt.datetime,
+) -> dict[str, Any]:
+    """A new treatment's row (:data:`NEW_TREATMENT`), for an executemany."""
+    values = (
+        record.external_id,
+        owners[record.patient_external_id],
+        record.protocol,
+        record.administered_on,
+        record.product,
+        record.units,
+        record.location,
+        source,
+        _flagged(record, runtime),
+        stamp,
+        stamp,
+    )
+    return dict(zip(NEW_TREATMENT, values, strict=True))
 
 
 def copy_parts(record: TreatmentRecord, source: str, runtime: Runtime) -> tuple[str, str]:
