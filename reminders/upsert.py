@@ -418,26 +418,22 @@ def _new_row(
     stamp: dt.datetime,
 ) -> dict[str, Any]:
     """A new treatment's row (:data:`NEW_TREATMENT`), for an executemany."""
-    values = (
-        record.external_id,
-        owners[record.patient_external_id],
-        record.protocol,
-        record.administered_on,
-        record.product,
-        record.units,
-        record.location,
-        source,
-        _flagged(record, runtime),
-        stamp,
-        stamp,
-    )
+    owner = owners[record.patient_external_id]
+    values = (record.external_id, owner, *_after_owner(record, source, runtime), stamp, stamp)
     return dict(zip(NEW_TREATMENT, values, strict=True))
 
 
 def copy_parts(record: TreatmentRecord, source: str, runtime: Runtime) -> tuple[str, str]:
     """A new treatment's COPY text (:data:`NEW_TREATMENT`) around its patient's id (known
     once the patients are looked up) and less the timestamps (known once it is written)."""
-    values = (
+    tail = _after_owner(record, source, runtime)
+    return copy_value(record.external_id), "\t".join(map(copy_value, tail))
+
+
+def _after_owner(record: TreatmentRecord, source: str, runtime: Runtime) -> tuple[Any, ...]:
+    """A new treatment's values of :data:`NEW_TREATMENT` between its patient's id and the
+    timestamps."""
+    return (
         record.protocol,
         record.administered_on,
         record.product,
@@ -446,7 +442,6 @@ def copy_parts(record: TreatmentRecord, source: str, runtime: Runtime) -> tuple[
         source,
         _flagged(record, runtime),
     )
-    return copy_value(record.external_id), "\t".join(map(copy_value, values))
 
 
 def _flagged(record: TreatmentRecord, runtime: Runtime) -> bool:
