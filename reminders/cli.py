@@ -16,7 +16,7 @@ from sqlalchemy.exc import ArgumentError, DBAPIError, NoSuchModuleError
 
 from reminders import migrate as migrations
 from reminders.channels.registry import build_senders, channel_status
-from reminders.interpreter import tune_interpreter
+from reminders.interpreter import tune_for_service, tune_interpreter
 from reminders.logs import configure as configure_logging
 from reminders.logs import get_logger
 from reminders.runtime import Runtime, build_runtime
@@ -160,6 +160,7 @@ def _serve(runtime: Runtime, banner: Callable[[], None] | None = None) -> None:
         timeout_graceful_shutdown=3,  # then up to 5 s for sends in flight: out within 10 s
     )
     server = Server(config, on_exit=service.request_stop)
+    tune_for_service()
     service.start()
     if banner:
         banner()

@@ -8,6 +8,7 @@ import sys
 
 SWITCH_INTERVAL = 0.0005  # seconds
 GC_THRESHOLD = 100_000  # allocations between young-generation collections
+SERVICE_GC_THRESHOLD = 10_000  # the same, in a long-running service
 
 
 def tune_interpreter() -> None:
@@ -19,3 +20,13 @@ def tune_interpreter() -> None:
     # give up the GIL: 5 ms by default, a convoy once an import writes on one thread while it
     # parses on another (1M rows: 59 s against 50 s with 0.5 ms).
     sys.setswitchinterval(SWITCH_INTERVAL)
+
+
+def tune_for_service() -> None:
+    """A long-running service (``reminders run``, ``demo``) collects sooner. The cycle
+    collector counts allocations net of frees, so in a steady state only what lives on, such
+    as the reference cycles every SQLAlchemy statement built leaves behind, moves it: with
+    100,000 a dispatcher's heap grew by about 40,000 objects of such garbage before the first
+    collection. Draining a backlog of 100,000 for 60 s (benchmark figure 5): peak RSS 108 MB
+    against 119-122 MB, as much as draining 10,000 (107 MB)."""
+    gc.set_threshold(SERVICE_GC_THRESHOLD, 50, 100)

@@ -28,7 +28,7 @@ from reminders.channels import Sender
 from reminders.channels.console import ConsoleSender
 from reminders.channels.registry import build_senders
 from reminders.dispatch import Dispatcher
-from reminders.interpreter import tune_interpreter
+from reminders.interpreter import tune_for_service, tune_interpreter
 from reminders.logs import configure
 from reminders.runtime import Runtime, build_runtime
 from reminders.service import process_owner
@@ -78,6 +78,7 @@ def runtime_for_worker(args: dict[str, Any]) -> Runtime:
 def drain(args: dict[str, Any]) -> dict[str, Any]:
     runtime = runtime_for_worker(args)
     dispatcher = Dispatcher(runtime, process_owner())
+    tune_for_service()  # as `reminders run` does
     outcomes: Counter[str] = Counter()
     started = _ready()
     if args.get("seconds"):  # a time limit: stop claiming, finish what is in flight
