@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import datetime as dt
 import enum
+import functools
 import uuid
 from decimal import Decimal
 from typing import Any
@@ -66,6 +67,27 @@ class DeliveryStatus(enum.StrEnum):
     ABANDONED = "abandoned"  # in doubt past the grace period with no word from the provider
 
 
+@functools.lru_cache(maxsize=256)
+def channel_order(channels: str) -> tuple[Channel, ...]:
+    """A patient's ``channels`` column (``"whatsapp|sms|email"``) as channels, in order: a few
+    distinct values, remembered (planning asks it of every patient)."""
+    return tuple(Channel(c) for c in channels.split("|") if c)
+
+
+def channel_address(
+    channel: Channel, email: str | None, phone: str | None, whatsapp: str | None
+) -> str | None:
+    """A patient's address on ``channel``: WhatsApp goes to the phone number unless told
+    another."""
+    if channel == Channel.EMAIL:
+        return email
+    if channel == Channel.SMS:
+        return phone
+    if channel == Channel.WHATSAPP:
+        return whatsapp or phone
+    raise KeyError(channel)
+
+
 def _uuid() -> str:
     return uuid.uuid4().hex
 
@@ -99,14 +121,10 @@ class Patient(Base):
 
     @property
     def channel_order(self) -> list[Channel]:
-        return [Channel(c) for c in self.channels.split("|") if c]
+        return list(channel_order(self.channels))
 
     def address(self, channel: Channel) -> str | None:
-        return {
-            Channel.EMAIL: self.email,
-            Channel.SMS: self.phone,
-            Channel.WHATSAPP: self.whatsapp or self.phone,
-        }[channel]
+        return channel_address(channel, self.email, self.phone, self.whatsapp)
 
     def consent(self, channel: Channel) -> Consent | None:
         return next((c for c in self.consents if c.channel == channel), None)

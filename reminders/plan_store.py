@@ -44,7 +44,16 @@ from sqlalchemy.types import TypeEngine
 
 from reminders.db import UTCDateTime, utcnow
 from reminders.importing.bulk import among, chunks, copy_value, pg_array
-from reminders.models import Channel, Consent, Patient, Reminder, ReminderStatus, Treatment
+from reminders.models import (
+    Channel,
+    Consent,
+    Patient,
+    Reminder,
+    ReminderStatus,
+    Treatment,
+    channel_address,
+    channel_order,
+)
 
 RS = ReminderStatus
 Group = tuple[int, str]  # (patient id, protocol)
@@ -151,26 +160,13 @@ class Contact:
 
     @property
     def channel_order(self) -> list[Channel]:
-        return list(_channel_order(self.channels))
+        return list(channel_order(self.channels))
 
     def address(self, channel: Channel) -> str | None:
-        if channel == Channel.EMAIL:
-            return self.email
-        if channel == Channel.SMS:
-            return self.phone
-        if channel == Channel.WHATSAPP:
-            return self.whatsapp or self.phone
-        raise KeyError(channel)
+        return channel_address(channel, self.email, self.phone, self.whatsapp)
 
     def consent(self, channel: Channel) -> ConsentView | None:
         return self.consents.get(channel)
-
-
-@functools.lru_cache(maxsize=256)
-def _channel_order(channels: str) -> tuple[Channel, ...]:
-    """A patient's ``channels`` column as channels: a few distinct values, remembered (planning
-    asks it of every group)."""
-    return tuple(Channel(c) for c in channels.split("|") if c)
 
 
 # A consent as planning sees it is usable or not: two shared (frozen) values, not an object a row.
