@@ -525,7 +525,11 @@ class Dispatcher:
 
     def _send(self, attempt: Attempt) -> Done:
         """On a worker: the provider call, no transaction open. The outcome is queued."""
-        done = self._call(attempt)
+        try:
+            done = self._call(attempt)
+        except Exception:  # around the call (it catches its own): left to the lease
+            log.exception("dispatch_error", reminder_id=attempt.message.reminder_id)
+            done = Done(attempt, crashed=True, outcome="error")
         with self._outbox_lock:
             self._outbox.append(done)
         return done

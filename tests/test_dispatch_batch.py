@@ -296,6 +296,44 @@ def test_closing_while_the_next_batch_waits_gives_its_claims_back(
     assert sorted(m.reminder_id for m in senders["sms"].attempts) == sending
 
 
+class Breaks:
+    """A rate limiter that fails once, outside any provider call (a bug, say)."""
+
+    def __init__(self) -> None:
+        self.broken = False
+
+    def acquire(self, stop: threading.Event | None = None, cost: int = 1) -> float:
+        if not self.broken:
+            self.broken = True
+            raise RuntimeError("limiter broke")
+        return 0.0
+
+    def hold_until(self, monotonic_at: float) -> None:
+        pass
+
+
+def test_an_unexpected_error_around_one_call_leaves_that_reminder_to_its_lease(
+    runtime, make_dispatcher, senders, now
+):
+    """The worker records the attempt as crashed (its reminder waits for its lease, as after
+    a crash) and the batch goes on: the other reminders are sent, not left to their leases
+    with it."""
+    ids = [due(runtime, now) for _ in range(5)]
+    dispatcher = make_dispatcher(dispatch_concurrency=2)
+    dispatcher.limiters["sms"] = Breaks()
+    done: list[Any] = []
+    worker = threading.Thread(target=lambda: done.append(dispatcher.run_once(now=now)))
+    with capture_logs() as logs:
+        worker.start()
+        worker.join(10)
+    assert done == [{"sent": 4, "error": 1}]
+    assert [e["event"] for e in logs if e["log_level"] == "error"] == ["dispatch_error"]
+    (broken,) = [rid for rid in ids if row(runtime, rid).status != "sent"]
+    assert (row(runtime, broken).status, row(runtime, broken).claimed_by) == ("claimed", "d1")
+    assert deliveries(runtime, broken) == [("sms", "sending", False, None)]
+    assert len(senders["sms"].sent) == 4
+
+
 def test_a_batch_costs_a_few_statements_per_reminder_not_a_transaction_each(
     runtime, make_dispatcher, now
 ):
