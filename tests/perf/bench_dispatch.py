@@ -15,7 +15,10 @@ One fake Twilio process on 127.0.0.1 serves the whole benchmark. Measured side b
 A dispatcher commits each attempt's delivery row before its call (what a crash can leave in
 doubt is bounded by the calls in flight), so each message waits for a step and then for its
 call: the dispatchers' lines print the mean of each, from its own histograms
-(``reminders_dispatch_step_seconds``, ``reminders_provider_call_seconds``).
+(``reminders_dispatch_step_seconds``, ``reminders_provider_call_seconds``), and the rate those
+waits alone would allow. A process's threads share one interpreter lock, so what bounds it in
+the end is the CPU each message costs: printed for the bare SDK and one dispatcher, with what
+the target would take of a core at that cost.
 Rates are messages over the wall-clock time from the common start to the last finish. The
 fake's count proves every reminder went out exactly once. This machine's speed wanders by a
 third from one run to the next (a virtual machine's neighbours), so the phases run
@@ -82,13 +85,21 @@ def run(ctx: Context, backend: str) -> None:
     twice = sum(twice_each)
     ctx.report.note(f"the fake accepted {twice:,} messages from the two dispatchers, all rounds")
     bare_rate, bare_two_rate, one_rate, two_rate, ahead_rate = (p.rate for _, p in phases)
-    one = phases[2][1]
+    bare, one = phases[0][1], phases[2][1]
     if one.steps:  # every worker waits for a step, then for its call
         ceiling = THREADS / (one.call + one.step)
         ctx.report.note(
             f"one dispatcher: {THREADS} workers that each wait for a step and then a call can "
-            f"send at most {ceiling:,.0f}/s here ({ceiling / bare_rate:.0%} of the bare SDK); "
-            "the rest is the wait between a call's end and its step, and the interpreter lock"
+            f"send at most {ceiling:,.0f}/s here ({ceiling / bare_rate:.0%} of the bare SDK)"
+        )
+    if one.sent and bare.sent:  # the threads share one interpreter lock: CPU is the budget
+        need, mine, theirs = TARGET_SHARE * bare_rate, one.cpu_per_message, bare.cpu_per_message
+        ctx.report.note(
+            f"CPU a message: bare SDK {theirs * 1000:.2f} ms, one dispatcher {mine * 1000:.2f} "
+            f"ms (x{mine / theirs:.2f}); {TARGET_SHARE:.0%} of the bare SDK ({need:,.0f}/s) takes "
+            f"{need * mine:.0%} of a core at that cost, or "
+            f"{one.cpu / need * 1000:.2f} ms a message at the {one.cpu:.0%} of a core the "
+            "dispatcher used (its threads share one interpreter lock)"
         )
     share, scaling = one_rate / bare_rate, two_rate / one_rate
     ctx.report.figure(
@@ -161,6 +172,11 @@ class Phase:
     @property
     def rate(self) -> float:
         return self.sent / self.seconds
+
+    @property
+    def cpu_per_message(self) -> float:
+        """CPU seconds the sending process(es) spent on each message."""
+        return self.cpu * self.seconds / self.sent if self.sent else 0.0
 
     def waits(self) -> str:
         """What a dispatcher's messages waited for (nothing for the bare SDK)."""
