@@ -117,6 +117,8 @@ def claim_due(
         .where(Reminder.id.in_(due.scalar_subquery()))
         .values(status=RS.CLAIMED, claimed_by=owner, lease_until=now + lease)
         .returning(Reminder.id)
+        # The claim's own transaction holds no reminders to bring up to date: no ORM pass.
+        .execution_options(synchronize_session=False)
     )
     return sorted(session.scalars(stmt).all())
 
