@@ -527,7 +527,7 @@ class Dispatcher:
         """On a worker: the provider call, no transaction open. The outcome is queued."""
         try:
             done = self._call(attempt)
-        except Exception:  # around the call (it catches its own): left to the lease
+        except Exception:  # in the call or around it (the rate limiter): left to the lease
             log.exception("dispatch_error", reminder_id=attempt.message.reminder_id)
             done = Done(attempt, crashed=True, outcome="error")
         with self._outbox_lock:
@@ -578,17 +578,16 @@ class Dispatcher:
             return Done(attempt, error=late)
         message = dataclasses.replace(message, valid_for=left)
         began = time.monotonic()
+        refusal: ChannelError | None = None
         try:
             receipt = attempt.sender.send(message)
         except ChannelError as exc:
+            refusal = exc
+        finally:  # a crash too, which goes on to _send: left to the lease
             self._call_seconds[message.channel].observe(time.monotonic() - began)
-            self.outcomes.refused(attempt, exc)
-            return Done(attempt, error=exc)
-        except Exception:
-            self._call_seconds[message.channel].observe(time.monotonic() - began)
-            log.exception("dispatch_error", reminder_id=attempt.message.reminder_id)
-            return Done(attempt, crashed=True, outcome="error")  # the lease runs out
-        self._call_seconds[message.channel].observe(time.monotonic() - began)
+        if refusal is not None:
+            self.outcomes.refused(attempt, refusal)
+            return Done(attempt, error=refusal)
         return Done(attempt, receipt=receipt)
 
 

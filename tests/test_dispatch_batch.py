@@ -312,15 +312,26 @@ class Breaks:
         pass
 
 
-def test_an_unexpected_error_around_one_call_leaves_that_reminder_to_its_lease(
-    runtime, make_dispatcher, senders, now
+@pytest.mark.parametrize("where", ["in the call", "around the call"])
+def test_an_unexpected_error_in_or_around_one_call_leaves_that_reminder_to_its_lease(
+    runtime, make_dispatcher, senders, now, where
 ):
     """The worker records the attempt as crashed (its reminder waits for its lease, as after
-    a crash) and the batch goes on: the other reminders are sent, not left to their leases
-    with it."""
+    a crash: the request may have gone out) and the batch goes on: the other reminders are
+    sent, not left to their leases with it. A call that crashed is still timed."""
     ids = [due(runtime, now) for _ in range(5)]
     dispatcher = make_dispatcher(dispatch_concurrency=2)
-    dispatcher.limiters["sms"] = Breaks()
+    if where == "in the call":
+        crashed: list[int] = []
+
+        def crash_once(message: OutboundMessage) -> None:
+            if not crashed:
+                crashed.append(message.reminder_id)
+                raise RuntimeError("the SDK broke")
+
+        senders["sms"].script = crash_once
+    else:
+        dispatcher.limiters["sms"] = Breaks()
     done: list[Any] = []
     worker = threading.Thread(target=lambda: done.append(dispatcher.run_once(now=now)))
     with capture_logs() as logs:
@@ -331,6 +342,10 @@ def test_an_unexpected_error_around_one_call_leaves_that_reminder_to_its_lease(
     (broken,) = [rid for rid in ids if row(runtime, rid).status != "sent"]
     assert (row(runtime, broken).status, row(runtime, broken).claimed_by) == ("claimed", "d1")
     assert deliveries(runtime, broken) == [("sms", "sending", False, None)]
+    calls = runtime.metrics.registry.get_sample_value(
+        "reminders_provider_call_seconds_count", {"channel": "sms"}
+    )
+    assert calls == (5 if where == "in the call" else 4)
     assert len(senders["sms"].sent) == 4
 
 
