@@ -9,6 +9,8 @@ One fake Twilio process on 127.0.0.1 serves the whole benchmark. Measured side b
   waiting for a worker: not the default, since a crash would leave more in doubt);
 - the bare SDK in two processes at once: what this machine allows two senders, whatever they
   are (the fake and PostgreSQL share its cores), printed beside the dispatchers' scaling;
+- one dispatcher with a channel that sends nowhere (the console channel, into /dev/null): the
+  dispatcher's own work, claims, preparing and steps, without the SDK's;
 - for information, the bare SDK and one dispatcher against a second fake that holds every
   request ``SLOW_SECONDS`` before answering, as a provider across a network does (one round,
   fewer messages).
@@ -18,7 +20,9 @@ call: the dispatchers' lines print the mean of each, from its own histograms
 (``reminders_dispatch_step_seconds``, ``reminders_provider_call_seconds``), and the rate those
 waits alone would allow. A process's threads share one interpreter lock, so what bounds it in
 the end is the CPU each message costs: printed for the bare SDK and one dispatcher, with what
-the target would take of a core at that cost.
+the target would take of a core at that cost, and how much of it is the dispatcher's own work
+(the drain with a channel that sends nowhere), the SDK's (the bare SDK's) and what is left: what
+the two cost each other on one interpreter lock.
 Rates are messages over the wall-clock time from the common start to the last finish. The
 fake's count proves every reminder went out exactly once. This machine's speed wanders by a
 third from one run to the next (a virtual machine's neighbours), so the phases run
@@ -55,6 +59,7 @@ def run(ctx: Context, backend: str) -> None:
         "one dispatcher",
         "two dispatchers",
         f"one dispatcher, {AHEAD} ahead per worker",
+        "one dispatcher, a channel that sends nowhere",
     )
     rounds: list[list[Phase]] = [[] for _ in names]
     twice_each: list[int] = []
@@ -70,6 +75,7 @@ def run(ctx: Context, backend: str) -> None:
             rounds[3].append(_measure(lambda: _drain(ctx, backend, fake, 2, 2 * n)))
             twice_each.append(_accepted(fake_process) - before)
             rounds[4].append(_measure(lambda: _drain(ctx, backend, fake, 1, n, ahead=AHEAD)))
+            rounds[5].append(_measure(lambda: _drain(ctx, backend, fake, 1, n, sender="console")))
     phases = [
         (name, max(runs, key=lambda p: p.rate)) for name, runs in zip(names, rounds, strict=True)
     ]
@@ -84,8 +90,8 @@ def run(ctx: Context, backend: str) -> None:
     once = all(t == p.sent for t, p in zip(twice_each, rounds[3], strict=True))
     twice = sum(twice_each)
     ctx.report.note(f"the fake accepted {twice:,} messages from the two dispatchers, all rounds")
-    bare_rate, bare_two_rate, one_rate, two_rate, ahead_rate = (p.rate for _, p in phases)
-    bare, one = phases[0][1], phases[2][1]
+    bare_rate, bare_two_rate, one_rate, two_rate, ahead_rate, _ = (p.rate for _, p in phases)
+    bare, one, nowhere = phases[0][1], phases[2][1], phases[5][1]
     if one.steps:  # every worker waits for a step, then for its call
         ceiling = THREADS / (one.call + one.step)
         ctx.report.note(
@@ -100,6 +106,15 @@ def run(ctx: Context, backend: str) -> None:
             f"{need * mine:.0%} of a core at that cost, or "
             f"{one.cpu / need * 1000:.2f} ms a message at the {one.cpu:.0%} of a core the "
             "dispatcher used (its threads share one interpreter lock)"
+        )
+    if one.sent and bare.sent and nowhere.sent:
+        mine, theirs, own = one.cpu_per_message, bare.cpu_per_message, nowhere.cpu_per_message
+        ctx.report.note(
+            f"of one dispatcher's {mine * 1000:.2f} ms of CPU a message: its own work "
+            f"{own * 1000:.2f} ms (claims, preparing, steps: the drain with a channel that sends "
+            f"nowhere), the SDK's {theirs * 1000:.2f} ms (the bare SDK's), and "
+            f"{(mine - own - theirs) * 1000:.2f} ms left: what they cost each other on one "
+            "interpreter lock"
         )
     share, scaling = one_rate / bare_rate, two_rate / one_rate
     ctx.report.figure(
@@ -202,14 +217,20 @@ def _measure(work: Callable[[], list[dict[str, Any]]]) -> Phase:
 
 
 def _drain(
-    ctx: Context, backend: str, fake: dict[str, Any], processes: int, count: int, ahead: int = 0
+    ctx: Context,
+    backend: str,
+    fake: dict[str, Any],
+    processes: int,
+    count: int,
+    ahead: int = 0,
+    sender: str = "twilio",
 ) -> list[dict[str, Any]]:
     with ctx.database(backend, "dispatch") as url:
         now = dt.datetime.now(dt.UTC)
         load_backlog(url, count, [now - dt.timedelta(minutes=5)], now)
         args = {
             "mode": "drain",
-            "sender": "twilio",
+            "sender": sender,
             "url": url,
             "fake": fake,
             "threads": THREADS,
