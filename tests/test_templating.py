@@ -15,6 +15,7 @@ from reminders.settings import ConfigError, load_settings
 from reminders.templating import (
     TemplateError,
     TemplateSpec,
+    _formatted_date,
     language_chain,
     load_default_templates,
     render,
@@ -82,6 +83,31 @@ def test_html_is_autoescaped_and_plain_text_is_not() -> None:
 def test_dates_are_written_in_the_templates_language(language: str, expected: str) -> None:
     text = render_string("{{ window.open | date }}", {**CONTEXT, "language": language}, "text")
     assert text == expected
+
+
+def test_a_date_formatted_again_keeps_its_language_and_format() -> None:
+    """Formatted dates are remembered (a batch of reminders repeats a few): the language and
+    the format are part of what is remembered, other values are formatted as before, and what
+    cannot be formatted is still the template's error."""
+    cases = [
+        ("en", "long", "March 30, 2026"),
+        ("tr", "long", "30 Mart 2026"),
+        ("en", "short", "3/30/26"),
+        ("en", "MMMM", "March"),
+        ("de", "MMMM", "März"),
+    ]
+    hits = _formatted_date.cache_info().hits
+    for _ in range(2):
+        for language, form, expected in cases:
+            source = f"{{{{ window.open | date('{form}') }}}}"
+            text = render_string(source, {**CONTEXT, "language": language}, "text")
+            assert text == expected
+    assert _formatted_date.cache_info().hits >= hits + len(cases)  # the second round
+    moment = dt.datetime(2026, 3, 30, 23, 30, tzinfo=dt.UTC)
+    assert render_string("{{ at | date }}", {**CONTEXT, "at": moment}, "text") == "March 30, 2026"
+    for _ in range(2):
+        with pytest.raises(TemplateError, match="text"):
+            render_string("{{ window.open | date }}", {**CONTEXT, "language": "xx"}, "text")
 
 
 def test_whatsapp_variables_must_be_single_non_empty_lines() -> None:
