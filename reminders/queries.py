@@ -16,7 +16,17 @@ import datetime as dt
 from collections.abc import Iterable, Sequence
 from typing import Any
 
-from sqlalchemy import ColumnElement, and_, func, literal, select, text, update
+from sqlalchemy import (
+    ColumnElement,
+    Integer,
+    and_,
+    bindparam,
+    func,
+    literal,
+    select,
+    text,
+    update,
+)
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.ext.compiler import compiles
@@ -105,24 +115,32 @@ def claim_due(
     writes every earlier commit's WAL first."""
     if session.get_bind().dialect.name == "postgresql":
         session.execute(_NO_FLUSH_WAIT)
+    params = {"c_now": now, "c_limit": limit, "c_owner": owner, "c_lease": now + lease}
+    return sorted(session.scalars(_CLAIM, params).all())
+
+
+def _claim_statement() -> Any:
     due = (
         select(Reminder.id)
-        .where(*waiting(Reminder.next_attempt_at <= now))
+        .where(*waiting(Reminder.next_attempt_at <= bindparam("c_now")))
         .order_by(Reminder.next_attempt_at, Reminder.id)
-        .limit(limit)
+        .limit(bindparam("c_limit", type_=Integer))
         .with_for_update(skip_locked=True)
     )
-    stmt = (
+    return (
         update(Reminder)
         .where(Reminder.id.in_(due.scalar_subquery()))
-        .values(status=RS.CLAIMED, claimed_by=owner, lease_until=now + lease)
+        .values(
+            status=RS.CLAIMED, claimed_by=bindparam("c_owner"), lease_until=bindparam("c_lease")
+        )
         .returning(Reminder.id)
         # The claim's own transaction holds no reminders to bring up to date: no ORM pass.
         .execution_options(synchronize_session=False)
     )
-    return sorted(session.scalars(stmt).all())
 
 
+# Built once: building it (and its cache key) took longer than the claim's round trip.
+_CLAIM = _claim_statement()
 _NO_FLUSH_WAIT = text("SET LOCAL synchronous_commit TO OFF")
 
 
