@@ -23,6 +23,7 @@ from sqlalchemy import (
     bindparam,
     func,
     literal,
+    or_,
     select,
     text,
     update,
@@ -92,6 +93,18 @@ def _unindexed(element: Unindexed, compiler: SQLCompiler, **kw: Any) -> str:
 
 
 UPCOMING = (RS.PENDING, RS.CLAIMED)
+
+
+def of_patient(patient_id: int) -> ColumnElement[bool]:
+    """A patient's reminders: the unclaimed ones on ``ix_reminders_patient`` (its predicate
+    written out, as a literal, so that both databases prove it), the claimed ones, a few at any
+    time, on ``ix_reminders_status_due``. Not through the patient's treatments: a reminder
+    sent before its treatment moved to another patient stays with the one it was sent to."""
+    claimed = literal(str(RS.CLAIMED), literal_execute=True)
+    return or_(
+        and_(Reminder.patient_id == patient_id, Reminder.status != claimed),
+        and_(Reminder.status == claimed, Reminder.patient_id == patient_id),
+    )
 
 
 def waiting(*conditions: ColumnElement[bool]) -> list[ColumnElement[bool]]:

@@ -14,9 +14,10 @@ from typing import Any
 from zoneinfo import ZoneInfo
 
 import pytest
-from sqlalchemy import event
+from sqlalchemy import event, select
 
 from reminders.models import Reminder
+from reminders.queries import of_patient
 from reminders.runtime import Runtime
 from reminders.web.console.outbox import VIEWS, Cursor, Filters, Window, page
 from tests import factories
@@ -329,3 +330,33 @@ def _plan(runtime: Runtime, sql: str, params: Any) -> str:
         rows = conn.exec_driver_sql("EXPLAIN " + sql, params).all()
         conn.rollback()
         return "\n".join(str(r[0]) for r in rows)
+
+
+def test_a_patients_reminders_are_all_found_on_indexes_claimed_ones_too(
+    staff, console, now, statements
+) -> None:
+    """``ix_reminders_patient`` leaves claimed reminders out (a claim writes no entry into it):
+    the patient's page still lists every one of theirs, claimed ones found by status, with no
+    scan of the table; another patient's are not listed."""
+    statuses = ["pending", "claimed", "sent", "in_doubt", "failed", "claimed"]
+    mine = _add(
+        console, now, [{"status": s, "step": f"mine-{s}-{n}"} for n, s in enumerate(statuses)]
+    )
+    theirs = _add(
+        console, now, [{"status": s, "step": f"theirs-{n}"} for n, s in enumerate(statuses)]
+    )
+    with console.sessions() as session:
+        patient_id = session.get_one(Reminder, mine[0]).patient_id
+        found = set(session.scalars(select(Reminder.id).where(of_patient(patient_id))))
+    assert found == set(mine) and not found & set(theirs)
+    statements.clear()
+    page = staff.get(f"/admin/patients/{patient_id}")
+    assert page.status_code == 200
+    listed = re.findall(r"<td>((?:mine|theirs)-[\w-]+)</td>", page.text)
+    assert sorted(listed) == sorted(f"mine-{s}-{n}" for n, s in enumerate(statuses))
+    [(sql, params)] = [
+        (s, p) for s, p in _reminder_queries(statements) if "patient_id" in s and "OR" in s
+    ]
+    plan = _plan(console, sql, params)
+    assert "ix_reminders_patient" in plan and "ix_reminders_status_due" in plan, plan
+    assert not re.search(r"Seq Scan|SCAN reminders\b(?! USING)", plan), plan

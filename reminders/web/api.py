@@ -36,6 +36,7 @@ from sqlalchemy.orm import Session
 from reminders.importing.bulk import patient_ids
 from reminders.logs import get_logger, mask_address
 from reminders.models import AuditEntry, Delivery, Patient, Reminder, Treatment
+from reminders.queries import of_patient
 from reminders.records import (
     CHANNELS,
     MAX_TRAVEL_LEAD_DAYS,
@@ -433,7 +434,7 @@ def _reminders_view(session: Session, external_id: str) -> RemindersResult | Non
     rows = session.execute(
         select(Reminder, Treatment.external_id)
         .join(Treatment, Reminder.treatment_id == Treatment.id)
-        .where(Reminder.patient_id == patient_id)
+        .where(of_patient(patient_id))
         .order_by(Reminder.due_at, Reminder.id)
     ).all()
     attempts: dict[int, list[DeliveryOut]] = {}

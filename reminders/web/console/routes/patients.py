@@ -22,6 +22,7 @@ from reminders.models import (
 )
 from reminders.planner import mark_patient_changed
 from reminders.planning import step_date, window_for
+from reminders.queries import of_patient
 from reminders.web.console import charts, search
 from reminders.web.console.base import (
     ConsoleRoute,
@@ -85,7 +86,7 @@ def _history(session: Session, patient: Patient, reminders: Pager) -> dict[str, 
         list(
             session.scalars(
                 select(Reminder)
-                .where(Reminder.patient_id == patient.id)
+                .where(of_patient(patient.id))
                 .order_by(Reminder.due_at.desc(), Reminder.id.desc())
                 .offset(reminders.offset)
                 .limit(reminders.fetch)
