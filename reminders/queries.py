@@ -97,10 +97,11 @@ UPCOMING = (RS.PENDING, RS.CLAIMED)
 
 
 def of_patient(patient_id: int) -> ColumnElement[bool]:
-    """A patient's reminders: the unclaimed ones on ``ix_reminders_patient`` (its predicate
-    written out, as a literal, so that both databases prove it), the claimed ones, a few at any
-    time, on ``ix_reminders_status_due``. Not through the patient's treatments: a reminder
-    sent before its treatment moved to another patient stays with the one it was sent to."""
+    """A patient's reminders: the unclaimed ones on ``ix_reminders_patient`` (its PostgreSQL
+    predicate written out, as a literal, so that the planner proves it), the claimed ones, a
+    few at any time, on ``ix_reminders_status_due`` (on SQLite the index holds them too). Not
+    through the patient's treatments: a reminder sent before its treatment moved to another
+    patient stays with the one it was sent to."""
     claimed = literal(str(RS.CLAIMED), literal_execute=True)
     return or_(
         and_(Reminder.patient_id == patient_id, Reminder.status != claimed),

@@ -335,9 +335,9 @@ def _plan(runtime: Runtime, sql: str, params: Any) -> str:
 def test_a_patients_reminders_are_all_found_on_indexes_claimed_ones_too(
     staff, console, now, statements
 ) -> None:
-    """``ix_reminders_patient`` leaves claimed reminders out (a claim writes no entry into it):
-    the patient's page still lists every one of theirs, claimed ones found by status, with no
-    scan of the table; another patient's are not listed."""
+    """On PostgreSQL ``ix_reminders_patient`` leaves claimed reminders out (a claim writes no
+    entry into it): the patient's page still lists every one of theirs, claimed ones found by
+    status, with no scan of the table; another patient's are not listed."""
     statuses = ["pending", "claimed", "sent", "in_doubt", "failed", "claimed"]
     mine = _add(
         console, now, [{"status": s, "step": f"mine-{s}-{n}"} for n, s in enumerate(statuses)]
@@ -358,5 +358,7 @@ def test_a_patients_reminders_are_all_found_on_indexes_claimed_ones_too(
         (s, p) for s, p in _reminder_queries(statements) if "patient_id" in s and "OR" in s
     ]
     plan = _plan(console, sql, params)
-    assert "ix_reminders_patient" in plan and "ix_reminders_status_due" in plan, plan
+    assert "ix_reminders_patient" in plan, plan
+    if console.engine.dialect.name == "postgresql":  # there the index leaves claimed ones out
+        assert "ix_reminders_status_due" in plan, plan
     assert not re.search(r"Seq Scan|\bSCAN reminders\b", plan), plan
